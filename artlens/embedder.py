@@ -1,0 +1,199 @@
+"""The exported DINOv2 model on ONNX Runtime: photo → L2-normalised global descriptor.
+
+Shared by the offline index build and online recognition, so both preprocess identically
+(the contract is docs/model-contract.md, written by ``artlens export``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from artlens.errors import ModelError
+
+POOLINGS = ("gem", "cls", "cls+mean", "mean")
+GEOMETRIES = ("squash", "aspect", "center-crop")
+GEM_P = 3.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What every result says about the model that produced it."""
+
+    source: str
+    pretrained: bool
+    sha256: str
+    embedding_dim: int
+    pooling: str
+    input_size: int
+    geometry: str
+    precision: str
+
+    def public(self) -> dict:
+        return {"id": self.source, "pretrained": self.pretrained, "sha256": self.sha256,
+                "pooling": self.pooling, "input_size": self.input_size, "geometry": self.geometry,
+                "precision": self.precision}
+
+
+def gpu_usable() -> bool:
+    """True only when ONNX Runtime has the CUDA provider *and* a CUDA driver with a device answers.
+
+    onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU and then logs errors when
+    asked for it; checking the driver first keeps CPU machines quiet.
+    """
+    if os.environ.get("ARTLENS_DEVICE", "").lower() == "cpu":
+        return False
+    import ctypes
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    except OSError:
+        return False
+
+
+def read_model_json(model_dir: Path) -> dict:
+    meta_path = Path(model_dir) / "model.json"
+    if not meta_path.is_file():
+        raise ModelError(f"{model_dir}: no model.json — create a model with `artlens export dinov2 --out {model_dir}`"
+                         " (add --random-init where no pretrained weights are available)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{meta_path}: unreadable model.json ({exc})") from None
+    for key in ("onnx", "input", "embedding_dim", "pretrained"):
+        if key not in meta:
+            raise ModelError(f"{meta_path}: missing key {key!r}; re-export the model")
+    return meta
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Embedder:
+    """ONNX Runtime session + the preprocessing and pooling the model was exported with."""
+
+    def __init__(self, model_dir: str | Path, *, pooling: str | None = None, threads: int | None = None,
+                 check_sha: bool = True) -> None:
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        meta = read_model_json(self.model_dir)
+        onnx_path = self.model_dir / meta["onnx"].get("file", "model.onnx")
+        if not onnx_path.is_file():
+            raise ModelError(f"{onnx_path}: ONNX file missing; re-export the model")
+        sha = meta["onnx"].get("sha256", "")
+        if check_sha and sha and file_sha256(onnx_path) != sha:
+            raise ModelError(f"{onnx_path}: sha256 does not match model.json (file changed or truncated)")
+        self.meta = meta
+        inp = meta["input"]
+        self.size = int(inp["size"])
+        self.patch = int(inp.get("patch_size", 14))
+        self.geometry = inp.get("geometry", "squash")
+        if self.geometry not in GEOMETRIES:
+            raise ModelError(f"{self.model_dir}: unknown input geometry {self.geometry!r}")
+        self.mean = np.asarray(inp["mean"], dtype=np.float32).reshape(1, 1, 3)
+        self.std = np.asarray(inp["std"], dtype=np.float32).reshape(1, 1, 3)
+        self.pooling = pooling or meta.get("pooling", "gem")
+        if self.pooling not in POOLINGS:
+            raise ModelError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise for operators
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if gpu_usable():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise ModelError(f"{onnx_path}: ONNX Runtime cannot load the model ({exc})") from None
+        self.providers = self.session.get_providers()
+        self.input_name = meta["onnx"].get("input", "pixel_values")
+        self.info = ModelInfo(
+            source=str(meta.get("source", self.model_dir)), pretrained=bool(meta["pretrained"]), sha256=sha,
+            embedding_dim=self.dim, pooling=self.pooling, input_size=self.size, geometry=self.geometry,
+            precision=meta["onnx"].get("precision", "fp32"),
+        )
+
+    @property
+    def dim(self) -> int:
+        base = int(self.meta["embedding_dim"])
+        return 2 * base if self.pooling == "cls+mean" else base
+
+    # -- preprocessing -----------------------------------------------------------------------------------
+    def input_shape(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) the network sees for a photo of this size."""
+        if self.geometry == "aspect":
+            scale = self.size / max(width, height)
+            return (max(self.patch, round(height * scale / self.patch) * self.patch),
+                    max(self.patch, round(width * scale / self.patch) * self.patch))
+        return self.size, self.size
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] → float32 [3, h, w], normalised as at export."""
+        height, width = rgb.shape[:2]
+        img = Image.fromarray(rgb)
+        if self.geometry == "center-crop":
+            scale = self.size / min(width, height)
+            img = img.resize((max(self.size, round(width * scale)), max(self.size, round(height * scale))),
+                             Image.Resampling.BICUBIC, reducing_gap=2.0)
+            left = (img.width - self.size) // 2
+            top = (img.height - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+        else:
+            out_h, out_w = self.input_shape(width, height)
+            img = img.resize((out_w, out_h), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = (arr - self.mean) / self.std
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    # -- inference ---------------------------------------------------------------------------------------
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bare model call: float32 [B, 3, h, w] → (cls [B, D], patch tokens [B, N, D])."""
+        cls, patches = self.session.run(None, {self.input_name: batch})
+        return cls.astype(np.float32, copy=False), patches.astype(np.float32, copy=False)
+
+    def pool(self, cls: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        if self.pooling == "cls":
+            out = cls
+        elif self.pooling == "mean":
+            out = patches.mean(axis=1)
+        elif self.pooling == "cls+mean":
+            out = np.concatenate([_l2(cls), _l2(patches.mean(axis=1))], axis=1)
+        else:  # GeM over patch tokens (Radenović et al.); tokens are signed, so clamp as GeM does after ReLU
+            out = np.power(np.mean(np.maximum(patches, 1e-6) ** GEM_P, axis=1), 1.0 / GEM_P)
+        return _l2(out)
+
+    def embed_arrays(self, images: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """L2-normalised descriptors, float32 [len(images), dim]; batches images of equal input shape."""
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, rgb in enumerate(images):
+            groups.setdefault(self.input_shape(rgb.shape[1], rgb.shape[0]), []).append(i)
+        for idx in groups.values():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start : start + batch_size]
+                batch = np.stack([self.preprocess(images[i]) for i in chunk])
+                out[chunk] = self.pool(*self.forward(batch))
+        return out
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

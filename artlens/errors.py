@@ -1,0 +1,38 @@
+"""Errors the user can act on. Each message names the input that was wrong and what to do."""
+
+
+class ArtlensError(Exception):
+    """Base class: caught by the CLI and the HTTP service and shown as a message, never a traceback."""
+
+    code = "artlens_error"
+
+
+class ImageError(ArtlensError):
+    """An input image could not be used (missing, not an image, truncated, too large, animated…)."""
+
+    code = "bad_image"
+
+    def __init__(self, source: str, reason: str, *, code: str | None = None) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+        if code:
+            self.code = code
+
+
+class ModelError(ArtlensError):
+    """A model directory is missing, incomplete or does not match what the bundle was built with."""
+
+    code = "bad_model"
+
+
+class BundleError(ArtlensError):
+    """An index bundle is missing, incomplete, corrupted or was built for another model."""
+
+    code = "bad_bundle"
+
+
+class CollectionError(ArtlensError):
+    """A collection CSV (or a queries CSV) is malformed."""
+
+    code = "bad_collection"

@@ -1,0 +1,102 @@
+"""`artlens eval`: run recognition over labelled photos and compute the evaluators' metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from artlens.recognition.recognizer import Recognizer
+
+from artlens.errors import ArtlensError
+
+from .queries import labelled_photos
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan")}
+    arr = np.asarray(values, float)
+    return {"p50": round(float(np.percentile(arr, 50)), 3), "p95": round(float(np.percentile(arr, 95)), 3)}
+
+
+def evaluate(recognizer: Recognizer, queries: str | Path, *, top_k: int | None = None,
+             min_confidence: float | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    """Metrics as defined in README.md#evaluation; per-query details included for debugging."""
+    photos = labelled_photos(queries, recognizer.bundle)
+    k = int(top_k or recognizer.config["top_k"])
+    artworks = recognizer.bundle.artworks
+    details, totals, stage_times = [], [], {}
+    for i, photo in enumerate(photos, start=1):
+        try:
+            analysis = recognizer.analyse(photo.source, top_k=k, name=photo.name)
+        except ArtlensError as exc:
+            details.append({"image": photo.name, "error": str(exc), "expected": _ids(photo.expected, artworks)})
+            continue
+        result = recognizer.decide(analysis, min_confidence=min_confidence, top_k=k)
+        ranked = sorted(([c.object_id, c.confidence, c.inliers] for c in
+                         [*result.matches, *([result.best_rejected] if result.best_rejected else [])]),
+                        key=lambda r: (-r[1], -r[2]))
+        # Top-ranked after verification ignoring the threshold: best confidence over the whole shortlist.
+        top_ranked = _top_ranked(recognizer, analysis)
+        expected = _ids(photo.expected, artworks)
+        answers = [m.object_id for m in result.matches]
+        details.append({
+            "image": photo.name, "expected": expected, "answers": answers, "top_ranked": top_ranked,
+            "top_confidence": ranked[0][1] if ranked else 0.0,
+            "in_shortlist": any(c.row in photo.expected for c in analysis.candidates),
+            "timings_ms": result.timings_ms,
+        })
+        totals.append(result.timings_ms["total"])
+        for stage, ms in result.timings_ms.items():
+            if stage != "total":
+                stage_times.setdefault(stage, []).append(ms)
+        if progress:
+            progress(i, len(photos))
+    ok = [d for d in details if "error" not in d]
+    match_q = [d for d in ok if d["expected"]]
+    nomatch_q = [d for d in ok if not d["expected"]]
+    answered = [d for d in ok if d["answers"]]
+    correct = [d for d in answered if d["answers"][0] in d["expected"]]
+    n_expected_objects = sum(len(d["expected"]) for d in match_q)
+    found_objects = sum(len(set(d["answers"]) & set(d["expected"])) for d in match_q)
+    returned = sum(len(d["answers"]) for d in answered)
+    returned_right = sum(len(set(d["answers"]) & set(d["expected"])) for d in answered)
+    model = recognizer.model_summary
+    return {
+        "queries": str(queries),
+        "bundle": str(recognizer.bundle.path),
+        "top_k": k,
+        "threshold": result.threshold if ok else recognizer.threshold,
+        "n_queries": len(details),
+        "n_errors": len(details) - len(ok),
+        "n_match_queries": len(match_q),
+        "n_nomatch_queries": len(nomatch_q),
+        "precision_at_1": _ratio(sum(d["top_ranked"] in d["expected"] for d in match_q), len(match_q)),
+        "recall": _ratio(sum(bool(d["answers"]) and d["answers"][0] in d["expected"] for d in match_q), len(match_q)),
+        "precision": _ratio(len(correct), len(answered)),
+        "false_positive_rate": _ratio(sum(bool(d["answers"]) for d in nomatch_q), len(nomatch_q)),
+        "object_recall": _ratio(found_objects, n_expected_objects),
+        "answer_precision": _ratio(returned_right, returned),
+        "shortlist_recall": _ratio(sum(d["in_shortlist"] for d in match_q), len(match_q)),
+        "latency_ms": {**percentiles(totals), "stages": {s: percentiles(v) for s, v in stage_times.items()}},
+        "model": {"id": model.id, "pretrained": model.pretrained, "sha256": model.sha256},
+        "details": details,
+    }
+
+
+def _top_ranked(recognizer: Recognizer, analysis) -> str | None:
+    if not analysis.candidates or recognizer.calibration is None:
+        return None
+    conf = recognizer.calibration.confidence(np.stack([c.vector() for c in analysis.candidates]))
+    best = max(range(len(conf)), key=lambda i: (conf[i], analysis.candidates[i].verification.inliers))
+    return recognizer.bundle.artworks[analysis.candidates[best].row]["object_id"]
+
+
+def _ids(rows, artworks) -> list[str]:
+    return sorted(artworks[r]["object_id"] for r in rows)
+
+
+def _ratio(num: float, den: float) -> float:
+    return round(float(num) / den, 4) if den else float("nan")

@@ -1,0 +1,157 @@
+"""Collection CSV → index bundle (one entry function, hloc style: ``build_bundle(…, config)``)."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import faiss
+import numpy as np
+from artlens.verification import (
+    FEATURE_CONFIG,
+    VLAD_CONFIG,
+    LocalFeatures,
+    extract,
+    matching_space,
+    train_vocabulary,
+    vlad_aggregate,
+)
+
+import artlens
+from artlens.embedder import Embedder
+from artlens.errors import ArtlensError, CollectionError
+from artlens.imaging import load_image, to_gray
+
+from . import bundle as bundle_io
+from . import vector_index
+from .collection import fetch_bytes, read_collection, resolve_image
+
+DEFAULT_CONFIG: dict = {
+    "features": FEATURE_CONFIG,
+    "index": vector_index.DEFAULT_CONFIG,
+    "vlad": VLAD_CONFIG,
+    "batch_size": 16,
+}
+
+# progress(stage, done, total): the CLI draws rich bars from it; library callers may pass None.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class BuildReport:
+    path: Path
+    indexed: int
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (CSV line, reason)
+    seconds: float = 0.0
+
+
+def build_bundle(
+    model_dir: str | Path,
+    collection_csv: str | Path,
+    out: str | Path,
+    *,
+    config: dict | None = None,
+    strict: bool = False,
+    progress: Progress | None = None,
+    before_commit: Callable[[Path], None] | None = None,
+) -> BuildReport:
+    """Embed every artwork, extract its local features, index it, and write the bundle atomically.
+
+    Bad rows (missing or undecodable image, duplicate id, …) are reported with their CSV line; with
+    ``strict`` the first one fails the build and nothing is written. ``before_commit`` runs on the finished
+    staging directory before it is moved into place (the CLI calibrates there).
+    """
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    fcfg = {**FEATURE_CONFIG, **cfg["features"]}
+    started = time.perf_counter()
+    out = Path(out)
+    collection = read_collection(collection_csv)
+    skipped = list(collection.problems)
+    if strict and skipped:
+        line, reason = skipped[0]
+        raise CollectionError(f"{collection.path}:{line}: {reason} (--strict)")
+    embedder = Embedder(model_dir)
+    tick = progress or (lambda stage, done, total: None)
+
+    artworks: list[dict] = []
+    feats: list[LocalFeatures] = []
+    pending: list[np.ndarray] = []  # images for the model, embedded in batches
+    vectors: list[np.ndarray] = []
+    total = len(collection.rows)
+    for done, row in enumerate(collection.rows, start=1):
+        source = resolve_image(collection.path, row.image)
+        try:
+            data = fetch_bytes(source)
+            decoded = load_image(data, name=f"{collection.path}:{row.number} ({row.image})",
+                                 max_side=fcfg["max_side"])
+        except ArtlensError as exc:
+            reason = str(exc) if str(row.image) in str(exc) else f"{row.image}: {exc}"
+            if strict:
+                raise CollectionError(f"{collection.path}:{row.number}: {reason} (--strict)") from None
+            skipped.append((row.number, reason))
+            tick("images", done, total)
+            continue
+        feats.append(extract(to_gray(decoded.rgb), fcfg))
+        width, height = decoded.original_size
+        artworks.append({"object_id": row.object_id, "image": row.image, "width": width, "height": height,
+                         "metadata": row.metadata})
+        pending.append(decoded.rgb)
+        if len(pending) >= cfg["batch_size"]:
+            vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
+            pending = []
+        tick("images", done, total)
+    if pending:
+        vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
+    if not artworks:
+        raise CollectionError(f"{collection.path}: no usable rows ({len(skipped)} skipped); nothing to index")
+    embeddings = np.concatenate(vectors).astype(np.float32)
+    index, index_desc = vector_index.build_index(embeddings, cfg["index"])
+    features = bundle_io.ReferenceFeatures.from_list(feats, fcfg["method"])
+    vocabulary, local_index, local_desc = _local_shortlist_index(features, {**VLAD_CONFIG, **cfg["vlad"]}, cfg["index"])
+    tick("index", 1, 1)
+
+    meta = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "collection": {"csv": str(collection.path), "metadata_columns": collection.metadata_columns,
+                       "rows": total, "skipped": [{"line": n, "reason": r} for n, r in sorted(skipped)]},
+        "model": {**embedder.info.public(), "embedding_dim": embedder.dim, "model_dir": str(model_dir)},
+        "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
+        "index": index_desc,
+        "local_index": local_desc,
+        "features": {"config": fcfg},
+        "calibration": None,
+        "versions": {"artlens": artlens.__version__, "faiss": faiss.__version__, "opencv": cv2.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+    }
+    staging = bundle_io.staging_dir(out)
+    try:
+        bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, vocabulary,
+                                     local_index)
+        if before_commit:
+            before_commit(staging)
+        bundle_io.commit(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written bundle behind
+        raise
+    return BuildReport(out, len(artworks), sorted(skipped), time.perf_counter() - started)
+
+
+def _local_shortlist_index(features: bundle_io.ReferenceFeatures, vlad_cfg: dict, index_cfg: dict
+                           ) -> tuple[np.ndarray, faiss.Index, dict]:
+    """Visual vocabulary + VLAD index: the shortlist that works without pretrained weights."""
+    if features.method in {"orb", "akaze"}:
+        raise CollectionError("the VLAD shortlist needs float descriptors (rootsift or sift), not binary ones")
+    space = matching_space(np.asarray(features.descriptors), features.method)
+    vocabulary = train_vocabulary(space, vlad_cfg)
+    vectors = np.stack([
+        vlad_aggregate(space[features.offsets[i]:features.offsets[i + 1]], vocabulary) for i in range(len(features))
+    ])
+    index, desc = vector_index.build_index(vectors, index_cfg)
+    desc.update(method="vlad", words=int(vocabulary.shape[0]), vlad=vlad_cfg)
+    return vocabulary, index, desc

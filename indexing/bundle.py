@@ -1,0 +1,188 @@
+"""The index bundle on disk: one directory, every file checksummed in ``bundle.json``.
+
+Layout::
+
+    bundle.json            format, model, counts, index settings, features, calibration, versions, checksums
+    artworks.json          [{object_id, image, width, height, metadata}], row i = vector i
+    embeddings.npy         float32 [N, D], L2-normalised
+    index.faiss            FAISS index over embeddings (see vector_index.py)
+    vocabulary.npy         float32 [words, D] visual words of the local-feature (VLAD) shortlist
+    local_index.faiss      FAISS index over the references' VLAD vectors
+    features/keypoints.npy float32 [total, 2] reference keypoints (pixels of the analysed image)
+    features/descriptors.npy uint8 [total, D]
+    features/offsets.npy   int64 [N + 1] row i owns keypoints[offsets[i]:offsets[i + 1]]
+    features/sizes.npy     int32 [N, 2] analysed (width, height) of each reference
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from artlens.verification import LocalFeatures
+
+from artlens.errors import BundleError
+
+FORMAT = "artlens-bundle/1"
+FEATURE_FILES = ("keypoints.npy", "descriptors.npy", "offsets.npy", "sizes.npy")
+
+
+@dataclass
+class ReferenceFeatures:
+    """All references' local features in flat arrays (memory-mapped: a large collection stays on disk)."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    method: str
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def get(self, row: int) -> LocalFeatures:
+        a, b = int(self.offsets[row]), int(self.offsets[row + 1])
+        w, h = (int(v) for v in self.sizes[row])
+        return LocalFeatures(np.asarray(self.keypoints[a:b]), np.asarray(self.descriptors[a:b]), (w, h), self.method)
+
+    @classmethod
+    def from_list(cls, feats: list[LocalFeatures], method: str) -> ReferenceFeatures:
+        dim = feats[0].descriptors.shape[1] if feats else 128
+        counts = [len(f) for f in feats]
+        offsets = np.zeros(len(feats) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(counts)
+        kp = np.concatenate([f.keypoints for f in feats]) if feats else np.zeros((0, 2), np.float32)
+        desc = np.concatenate([f.descriptors for f in feats]) if feats else np.zeros((0, dim), np.uint8)
+        sizes = np.array([f.image_size for f in feats], dtype=np.int32).reshape(-1, 2)
+        return cls(kp.astype(np.float32), desc.astype(np.uint8), offsets, sizes, method)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict
+    artworks: list[dict]
+    embeddings: np.ndarray
+    index: faiss.Index
+    features: ReferenceFeatures
+    vocabulary: np.ndarray
+    local_index: faiss.Index
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.meta["model"]["pretrained"])
+
+    @property
+    def calibration(self) -> dict | None:
+        return self.meta.get("calibration")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddings: np.ndarray,
+                       index: faiss.Index, features: ReferenceFeatures, vocabulary: np.ndarray,
+                       local_index: faiss.Index) -> None:
+    """Write every file into ``staging`` (a fresh directory) and then bundle.json with their checksums."""
+    (staging / "features").mkdir(parents=True, exist_ok=True)
+    (staging / "artworks.json").write_text(json.dumps(artworks, ensure_ascii=False, indent=1))
+    np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
+    faiss.write_index(index, str(staging / "index.faiss"))
+    np.save(staging / "vocabulary.npy", vocabulary)
+    faiss.write_index(local_index, str(staging / "local_index.faiss"))
+    np.save(staging / "features" / "keypoints.npy", features.keypoints)
+    np.save(staging / "features" / "descriptors.npy", features.descriptors)
+    np.save(staging / "features" / "offsets.npy", features.offsets)
+    np.save(staging / "features" / "sizes.npy", features.sizes)
+    write_meta(staging, meta)
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    """(Re)write bundle.json with fresh checksums of the data files; atomic by rename within the directory."""
+    files = ["artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss"]
+    files += [f"features/{f}" for f in FEATURE_FILES]
+    meta = {**meta, "format": FORMAT, "checksums": {f: sha256_of(directory / f) for f in files}}
+    tmp = directory / "bundle.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    os.replace(tmp, directory / "bundle.json")
+
+
+def staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+
+
+def commit(staging: Path, out: Path) -> None:
+    """Move a finished bundle into place; an existing bundle is replaced only once the new one is complete."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            os.replace(old, out)  # put the previous bundle back rather than leave nothing
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def read_meta(path: Path) -> dict:
+    meta_path = Path(path) / "bundle.json"
+    if not meta_path.is_file():
+        raise BundleError(f"{path}: not an index bundle (no bundle.json); build one with `artlens index build`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path}: unreadable ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{path}: bundle format {meta.get('format')!r}, this artlens reads {FORMAT!r}; rebuild it")
+    return meta
+
+
+def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
+    """Load and check a bundle. Any missing, truncated or altered file is a :class:`BundleError`."""
+    path = Path(path)
+    meta = read_meta(path)
+    if verify_checksums:
+        for name, expected in meta.get("checksums", {}).items():
+            file = path / name
+            if not file.is_file():
+                raise BundleError(f"{path}: {name} is missing; rebuild the bundle")
+            if sha256_of(file) != expected:
+                raise BundleError(f"{path}: {name} does not match its checksum (corrupted or edited); rebuild it")
+    try:
+        artworks = json.loads((path / "artworks.json").read_text())
+        embeddings = np.load(path / "embeddings.npy", mmap_mode="r")
+        index = faiss.read_index(str(path / "index.faiss"))
+        vocabulary = np.load(path / "vocabulary.npy")
+        local_index = faiss.read_index(str(path / "local_index.faiss"))
+        feats = ReferenceFeatures(
+            keypoints=np.load(path / "features" / "keypoints.npy", mmap_mode="r"),
+            descriptors=np.load(path / "features" / "descriptors.npy", mmap_mode="r"),
+            offsets=np.load(path / "features" / "offsets.npy"),
+            sizes=np.load(path / "features" / "sizes.npy"),
+            method=meta["features"]["config"]["method"],
+        )
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"{path}: cannot load bundle files ({type(exc).__name__}: {exc})") from None
+    n = len(artworks)
+    if not (embeddings.shape[0] == index.ntotal == local_index.ntotal == len(feats) == n):
+        raise BundleError(f"{path}: inconsistent counts (artworks {n}, embeddings {embeddings.shape[0]},"
+                          f" index {index.ntotal}, local index {local_index.ntotal}, features {len(feats)});"
+                          " rebuild it")
+    return Bundle(path, meta, artworks, embeddings, index, feats, vocabulary, local_index)

@@ -1,0 +1,100 @@
+"""Read a collection CSV (`object_id,image,…metadata`) and fetch its images, reporting bad rows by number."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artlens.errors import CollectionError, ImageError
+
+URL_SCHEMES = ("http://", "https://")
+REQUIRED_COLUMNS = ("object_id", "image")
+
+
+@dataclass(frozen=True)
+class Row:
+    number: int  # 1-based line number in the CSV, header = line 1
+    object_id: str
+    image: str  # as written in the CSV
+    metadata: dict[str, str]
+
+
+@dataclass
+class Collection:
+    path: Path
+    rows: list[Row]
+    metadata_columns: list[str]
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line number, what is wrong)
+
+
+def read_collection(csv_path: str | Path) -> Collection:
+    """Parse the CSV. Rows without an id or image, or with a duplicate id, are reported, not dropped silently."""
+    path = Path(csv_path)
+    if not path.is_file():
+        raise CollectionError(f"{path}: collection CSV not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CollectionError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise CollectionError(f"{path}: header must contain {', '.join(REQUIRED_COLUMNS)}; missing {', '.join(missing)}"
+                              f" (found: {', '.join(columns) or 'nothing'})")
+    reader.fieldnames = columns
+    meta_cols = [c for c in columns if c not in REQUIRED_COLUMNS and c]
+    rows: list[Row] = []
+    problems: list[tuple[int, str]] = []
+    seen: dict[str, int] = {}
+    for line_no, rec in enumerate(reader, start=2):
+        if None in rec:
+            problems.append((line_no, f"{len(rec[None])} more field(s) than the header has"))
+            continue
+        oid = (rec.get("object_id") or "").strip()
+        image = (rec.get("image") or "").strip()
+        if not oid:
+            problems.append((line_no, "empty object_id"))
+            continue
+        if not image:
+            problems.append((line_no, f"object {oid!r}: empty image"))
+            continue
+        if oid in seen:
+            problems.append((line_no, f"duplicate object_id {oid!r} (first on line {seen[oid]})"))
+            continue
+        seen[oid] = line_no
+        meta = {c: (rec.get(c) or "").strip() for c in meta_cols}
+        rows.append(Row(line_no, oid, image, meta))
+    return Collection(path, rows, meta_cols, problems)
+
+
+def resolve_image(collection_path: Path, image: str) -> str | Path:
+    """A URL stays a URL; a local path is taken relative to the CSV's folder."""
+    if image.startswith(URL_SCHEMES):
+        return image
+    p = Path(image)
+    return p if p.is_absolute() else collection_path.parent / p
+
+
+def fetch_bytes(source: str | Path, timeout: float = 30.0, max_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """Bytes of a local file or an http(s)/IIIF URL (IIIF image URLs are plain GETs of a rendition)."""
+    if isinstance(source, Path):
+        if not source.is_file():
+            raise ImageError(str(source), "file not found", code="missing_image")
+        return source.read_bytes()
+    import httpx
+
+    try:
+        with httpx.stream("GET", source, timeout=timeout, follow_redirects=True) as resp:
+            if resp.status_code != 200:
+                raise ImageError(source, f"HTTP {resp.status_code}", code="missing_image")
+            chunks, total = [], 0
+            for chunk in resp.iter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ImageError(source, f"more than {max_bytes} bytes", code="image_too_large")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise ImageError(source, f"download failed ({type(exc).__name__}: {exc})", code="missing_image") from None

@@ -1,0 +1,213 @@
+"""Photo → embed → FAISS shortlist → geometric verification → calibrated confidence → answer."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from artlens.indexing.bundle import Bundle, load_bundle
+from artlens.indexing.vector_index import search
+from artlens.verification import (
+    VERIFY_CONFIG,
+    LocalFeatures,
+    Verification,
+    extract,
+    prepare,
+    verify,
+    vlad_aggregate,
+)
+
+from artlens.embedder import Embedder
+from artlens.errors import BundleError, ModelError
+from artlens.imaging import DecodedImage, load_image, to_gray
+
+from .calibration import Calibration
+from .results import Candidate, ModelSummary, Recognition
+
+DEFAULT_CONFIG: dict = {
+    "top_k": 10,  # shortlist verified per photo (docs/benchmarks.md: precision@1 and latency against K)
+    # Which rankings make the shortlist: "fused" (DINOv2 and VLAD by reciprocal-rank fusion), "global"
+    # (DINOv2 only) or "local" (VLAD only). VLAD needs no weights, so it carries random-init models.
+    "shortlist": "fused",
+    "rrf_k": 60,
+    "verify": VERIFY_CONFIG,
+    "max_overlap": 0.5,  # two verified outlines overlapping more than this are one artwork: keep the best
+    "descriptor_cache": 1024,  # prepared reference descriptors kept in memory (≈0.5 MB each)
+}
+
+
+@dataclass
+class Evidence:
+    """One shortlisted candidate before the decision."""
+
+    row: int
+    rank: int
+    similarity: float
+    verification: Verification
+
+    def vector(self) -> np.ndarray:
+        return np.append(self.verification.features(), self.similarity)
+
+
+@dataclass
+class Analysis:
+    decoded: DecodedImage
+    candidates: list[Evidence]
+    timings_ms: dict[str, float]
+    query_vector: np.ndarray  # [D] global descriptor
+    query_features: LocalFeatures
+    query_descriptors: np.ndarray  # query_features' descriptors in matching space
+
+
+class Recognizer:
+    """Holds a loaded bundle and its model; thread-safe for concurrent ``recognize`` calls."""
+
+    def __init__(self, bundle: str | Path | Bundle, model_dir: str | Path | None = None, *,
+                 config: dict | None = None, embedder: Embedder | None = None, require_calibration: bool = True):
+        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        model_meta = self.bundle.meta["model"]
+        if embedder is None:
+            model_path = Path(model_dir or model_meta.get("model_dir", ""))
+            if not model_path.is_dir():
+                raise ModelError(f"model directory {str(model_path)!r} not found; pass --model DIR"
+                                 " (the model the bundle was built with)")
+            embedder = Embedder(model_path, pooling=model_meta["pooling"])
+        if embedder.info.sha256 != model_meta["sha256"] or embedder.pooling != model_meta["pooling"]:
+            raise ModelError(f"model {embedder.model_dir} (sha256 {embedder.info.sha256[:12]}…, pooling"
+                             f" {embedder.pooling}) is not the one bundle {self.bundle.path} was built with"
+                             f" (sha256 {model_meta['sha256'][:12]}…, pooling {model_meta['pooling']})")
+        self.embedder = embedder
+        self.feature_config = self.bundle.meta["features"]["config"]
+        cal = self.bundle.calibration
+        if cal is None and require_calibration:
+            raise BundleError(f"{self.bundle.path}: bundle has no calibration; run `artlens calibrate`"
+                              " or rebuild it with `artlens index build`")
+        self.calibration = Calibration.from_json(cal) if cal else None
+        self.model_summary = ModelSummary(id=embedder.info.source, pretrained=embedder.info.pretrained,
+                                          sha256=embedder.info.sha256)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold if self.calibration else 1.0
+
+    # -- stages --------------------------------------------------------------------------------------
+    def _reference_descriptors(self, row: int) -> np.ndarray:
+        desc = self._cache.get(row)
+        if desc is None:
+            desc = prepare(self.bundle.features.get(row))
+            self._cache[row] = desc
+            if len(self._cache) > self.config["descriptor_cache"]:
+                self._cache.popitem(last=False)
+        return desc
+
+    def analyse(self, source: str | Path | bytes, *, top_k: int | None = None, name: str | None = None
+                ) -> Analysis:
+        """Everything up to the decision: the verified shortlist with its evidence, and stage timings."""
+        k = int(top_k or self.config["top_k"])
+        if k < 1:
+            raise ValueError("top_k must be at least 1")
+        t0 = time.perf_counter()
+        decoded = load_image(source, name=name, max_side=self.feature_config["max_side"])
+        t1 = time.perf_counter()
+        vec = self.embedder.embed_arrays([decoded.rgb])
+        t2 = time.perf_counter()
+        qf = extract(to_gray(decoded.rgb), self.feature_config)
+        qd = prepare(qf)
+        t3 = time.perf_counter()
+        shortlist = self.shortlist(vec[0], qd, k)
+        t4 = time.perf_counter()
+        analysis = Analysis(decoded, [], {}, vec[0], qf, qd)
+        analysis.candidates = [self.evidence(analysis, row, rank) for rank, row in enumerate(shortlist, start=1)]
+        t5 = time.perf_counter()
+        analysis.timings_ms = {"decode": (t1 - t0) * 1e3, "embed": (t2 - t1) * 1e3, "features": (t3 - t2) * 1e3,
+                               "search": (t4 - t3) * 1e3, "verify": (t5 - t4) * 1e3}
+        return analysis
+
+    def shortlist(self, query_vector: np.ndarray, query_descriptors: np.ndarray, k: int) -> list[int]:
+        """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings, fused by reciprocal rank."""
+        mode = self.config["shortlist"]
+        rankings = []
+        if mode in {"fused", "global"}:
+            rankings.append(search(self.bundle.index, query_vector[None], k)[1][0])
+        if mode in {"fused", "local"}:
+            vlad = vlad_aggregate(query_descriptors, self.bundle.vocabulary)
+            rankings.append(search(self.bundle.local_index, vlad[None], k)[1][0])
+        if not rankings:
+            raise ValueError(f"unknown shortlist mode {mode!r} (fused, global, local)")
+        scores: dict[int, float] = {}
+        for ranking in rankings:
+            for rank, row in enumerate(ranking):
+                if row >= 0:
+                    scores[int(row)] = scores.get(int(row), 0.0) + 1.0 / (self.config["rrf_k"] + rank + 1)
+        return sorted(scores, key=lambda r: -scores[r])[:k]
+
+    def evidence(self, analysis: Analysis, row: int, rank: int) -> Evidence:
+        """Verify the photo against bundle row ``row`` (calibration also uses it for rows outside the shortlist)."""
+        similarity = float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
+        ver = verify(analysis.query_features, analysis.query_descriptors, self.bundle.features.get(row),
+                     self._reference_descriptors(row), self.config["verify"])
+        return Evidence(row, rank, similarity, ver)
+
+    def decide(self, analysis: Analysis, *, min_confidence: float | None = None, top_k: int | None = None
+               ) -> Recognition:
+        if self.calibration is None:
+            raise BundleError(f"{self.bundle.path}: bundle has no calibration; run `artlens calibrate`")
+        t0 = time.perf_counter()
+        threshold = self.threshold if min_confidence is None else float(min_confidence)
+        cands = analysis.candidates
+        conf = self.calibration.confidence(np.stack([c.vector() for c in cands])) if cands else np.zeros(0)
+        scored = [self._candidate(c, float(p), threshold) for c, p in zip(cands, conf, strict=True)]
+        order = sorted(range(len(scored)), key=lambda i: (-scored[i].confidence, -scored[i].inliers))
+        accepted: list[Candidate] = []
+        best_rejected: Candidate | None = None
+        for i in order:
+            cand = scored[i]
+            if cand.verified and not any(_overlap(cand.outline, a.outline) > self.config["max_overlap"]
+                                         for a in accepted):
+                accepted.append(cand)
+            elif best_rejected is None and not cand.verified:
+                best_rejected = cand
+        timings = dict(analysis.timings_ms)
+        timings["decide"] = (time.perf_counter() - t0) * 1e3
+        timings["total"] = sum(timings.values())
+        return Recognition(
+            status="match" if accepted else "no_match", matches=accepted,
+            best_rejected=None if accepted else best_rejected, threshold=threshold,
+            top_k=int(top_k or self.config["top_k"]), model=self.model_summary,
+            timings_ms={k: round(v, 3) for k, v in timings.items()},
+            image_size=list(analysis.decoded.original_size),
+        )
+
+    def recognize(self, source: str | Path | bytes, *, top_k: int | None = None,
+                  min_confidence: float | None = None, name: str | None = None) -> Recognition:
+        return self.decide(self.analyse(source, top_k=top_k, name=name), min_confidence=min_confidence,
+                           top_k=top_k)
+
+    def _candidate(self, ev: Evidence, confidence: float, threshold: float) -> Candidate:
+        art = self.bundle.artworks[ev.row]
+        v = ev.verification
+        outline = None if v.outline is None else np.round(v.outline, 5).tolist()
+        return Candidate(
+            object_id=art["object_id"], metadata=art["metadata"], confidence=round(confidence, 5),
+            verified=bool(v.plausible and confidence >= threshold), similarity=round(ev.similarity, 5),
+            retrieval_rank=ev.rank, matches=v.matches, inliers=v.inliers, inlier_ratio=round(v.inlier_ratio, 4),
+            outline=outline, rejected=v.rejected,
+        )
+
+
+def _overlap(a: list[list[float]] | None, b: list[list[float]] | None) -> float:
+    """Intersection over the smaller outline's area (a detail inside a whole counts as the same artwork)."""
+    if a is None or b is None:
+        return 0.0
+    pa, pb = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    area_a, area_b = cv2.contourArea(pa), cv2.contourArea(pb)
+    if min(area_a, area_b) <= 0:
+        return 0.0
+    inter, _ = cv2.intersectConvexConvex(pa, pb)
+    return float(inter) / min(area_a, area_b)

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny random-init DINOv2 exported through the real export path, and small bundles of
+real catalogue images from ../shared (the tests skip, saying why, where ../shared is absent)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SMVS = SHARED / "data" / "smvs-museum"
+ESTENSE = SHARED / "data" / "estense"
+
+needs_shared = pytest.mark.skipif(not SMVS.is_dir(), reason="../shared/data is not beside the repository")
+
+# SMVS paintings whose query photos the recognition tests use; the rest of the subset are distractors.
+SMVS_SUBSET = ["001", "003", "005", "007", "009", "011", "013", "015", "017", "019", "020", "021", "022", "023"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from artlens.export.dinov2 import export_dinov2
+
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    export_dinov2("artlens/dinov2-tiny", out, random_init=True, seed=0)
+    return out
+
+
+def write_collection(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    columns = columns or list(rows[0].keys())
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smvs_collection(tmp_path_factory) -> Path:
+    if not SMVS.is_dir():
+        pytest.skip("../shared/data/smvs-museum is not beside the repository")
+    rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg"), "title": f"Painting {n}"}
+            for n in SMVS_SUBSET]
+    return write_collection(tmp_path_factory.mktemp("smvs") / "collection.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def smvs_bundle(tmp_path_factory, tiny_model, smvs_collection) -> Path:
+    from artlens.indexing.build import build_bundle
+    from artlens.recognition.calibrate import calibrate_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "smvs"
+    build_bundle(tiny_model, smvs_collection, out,
+                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 14}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def recognizer(smvs_bundle):
+    from artlens.recognition.recognizer import Recognizer
+
+    return Recognizer(smvs_bundle)

@@ -1,0 +1,17 @@
+"""Geometric verification: local features, matching, RANSAC homography, evidence. Pure functions on arrays.
+
+This package imports nothing else of artlens, so both the offline index build and online recognition use it.
+"""
+
+from .features import DEFAULT_CONFIG as FEATURE_CONFIG
+from .features import LocalFeatures, extract, matching_space
+from .verify import DEFAULT_CONFIG as VERIFY_CONFIG
+from .verify import Verification, prepare, verify
+from .vlad import DEFAULT_CONFIG as VLAD_CONFIG
+from .vlad import aggregate as vlad_aggregate
+from .vlad import train_vocabulary
+
+__all__ = [
+    "FEATURE_CONFIG", "VERIFY_CONFIG", "VLAD_CONFIG", "LocalFeatures", "Verification", "extract", "matching_space",
+    "prepare", "train_vocabulary", "verify", "vlad_aggregate",
+]
