@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from artlens.indexing.bundle import read_meta, write_meta
 
-from .calibration import Calibration, choose_threshold, fit
+from .calibration import FEATURE_NAMES, RANDOM_INIT_FEATURES, Calibration, choose_threshold, fit, select_features
 from .recognizer import Recognizer
 
 DEFAULT_CONFIG: dict = {
@@ -37,12 +37,14 @@ class LabelledPhoto:
 def simulate_visitor_photo(rgb: np.ndarray, rng: np.random.Generator, out_side: int = 1024) -> bytes:
     """A phone photo of ``rgb`` hanging on a wall, as JPEG bytes. Deterministic for a given ``rng`` state."""
     h, w = rgb.shape[:2]
-    fill = rng.uniform(0.45, 0.9)  # fraction of the photo's long side the painting spans
+    # How much of the photo's frame the painting spans: log-uniform from a distant view of a gallery wall
+    # (0.2) to a detail shot that shows only part of it (up to 2.5× the frame).
+    fill = float(np.exp(rng.uniform(np.log(0.2), np.log(2.5 if rng.random() < 0.2 else 0.95))))
     photo_w, photo_h = (out_side, int(out_side * 0.75)) if rng.random() < 0.6 else (int(out_side * 0.75), out_side)
     scale = fill * min(photo_w / w, photo_h / h)
     cw, ch = w * scale, h * scale
-    cx = photo_w / 2 + rng.uniform(-0.15, 0.15) * photo_w
-    cy = photo_h / 2 + rng.uniform(-0.15, 0.15) * photo_h
+    cx = photo_w / 2 + rng.uniform(-0.3, 0.3) * max(photo_w - cw, 0) + rng.uniform(-0.25, 0.25) * min(cw, photo_w)
+    cy = photo_h / 2 + rng.uniform(-0.3, 0.3) * max(photo_h - ch, 0) + rng.uniform(-0.25, 0.25) * min(ch, photo_h)
     if rng.random() < 0.25:  # partial framing: the visitor stands close, part of the painting is cut off
         cx += rng.choice([-1, 1]) * rng.uniform(0.2, 0.4) * cw
     jitter = rng.uniform(-0.1, 0.1, size=(4, 2)) * np.array([cw, ch])
@@ -52,7 +54,7 @@ def simulate_visitor_photo(rgb: np.ndarray, rng: np.random.Generator, out_side: 
     dst = (corners @ rot.T + np.array([cx, cy])).astype(np.float32)
     src = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     H = cv2.getPerspectiveTransform(src, dst)
-    wall = np.array(rng.uniform(120, 235, size=3), dtype=np.float64)
+    wall = rng.uniform(110, 235) + rng.uniform(-12, 12, size=3)  # muted gallery walls: greys, creams
     photo = cv2.warpPerspective(rgb, H, (photo_w, photo_h), flags=cv2.INTER_AREA,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(v) for v in wall))
     img = photo.astype(np.float32)
@@ -117,11 +119,12 @@ def collect_evidence(recognizer: Recognizer, photos: Iterable[LabelledPhoto], to
     return out
 
 
-def fit_calibration(per_photo: list[PhotoEvidence], *, target_fpr: float, l2: float, source: str) -> Calibration:
+def fit_calibration(per_photo: list[PhotoEvidence], *, target_fpr: float, l2: float, source: str,
+                    features: tuple[str, ...] = FEATURE_NAMES) -> Calibration:
     X = np.concatenate([ev for ev, _, _, _ in per_photo])
     y = np.concatenate([c for _, c, _, _ in per_photo])
-    weights, bias, mean, scale = fit(X, y, l2=l2)
-    provisional = Calibration(weights, bias, mean, scale, 1.0, {})
+    weights, bias, mean, scale = fit(select_features(X, features), y, l2=l2)
+    provisional = Calibration(weights, bias, mean, scale, 1.0, {}, features)
     negative_max, positive_top = [], []
     for ev, correct, present, n_short in per_photo:
         conf = provisional.confidence(ev)
@@ -133,7 +136,7 @@ def fit_calibration(per_photo: list[PhotoEvidence], *, target_fpr: float, l2: fl
             positive_top.append(float(conf[top]) if top >= 0 and correct[top] else 0.0)
     threshold, stats = choose_threshold(np.array(negative_max), np.array(positive_top), target_fpr)
     info = {"source": source, "n_pairs": len(y), "n_correct_pairs": int(y.sum()), **stats}
-    return Calibration(weights, bias, mean, scale, threshold, info)
+    return Calibration(weights, bias, mean, scale, threshold, info, features)
 
 
 def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = None,
@@ -148,7 +151,9 @@ def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = 
         photos = synthetic_photos(recognizer, cfg["synthetic_photos"], cfg["seed"])
         source = f"{len(photos)} simulated visitor photos of the collection (seed {cfg['seed']})"
     per_photo = collect_evidence(recognizer, photos, k, progress)
-    calibration = fit_calibration(per_photo, target_fpr=cfg["target_fpr"], l2=cfg["l2"], source=source)
+    features = FEATURE_NAMES if recognizer.embedder.info.pretrained else RANDOM_INIT_FEATURES
+    calibration = fit_calibration(per_photo, target_fpr=cfg["target_fpr"], l2=cfg["l2"], source=source,
+                                  features=features)
     calibration.info["top_k"] = k
     meta = read_meta(Path(bundle_path))
     meta["calibration"] = calibration.to_json()

@@ -1,7 +1,9 @@
 """Calibrated confidence: logistic regression on verification evidence, fitted on labelled data.
 
-The evidence of one (photo, candidate) pair is ``[log(1 + inliers), inlier ratio, inlier coverage of the
-reference, global-descriptor similarity]``. ``fit`` learns weights from labelled pairs; ``choose_threshold``
+The evidence of one (photo, candidate) pair is ``[log(1 + RANSAC inliers of a plausible homography),
+global-descriptor similarity]``. Inlier ratio and coverage were tried as well: they separate simulated photos
+perfectly but shift on real ones (clutter, details), and pulled confidence of real 15–40-inlier matches to
+≈0.1; the inlier count transfers (docs/benchmarks.md). ``fit`` learns weights from labelled pairs; ``choose_threshold``
 picks the operating point from per-photo scores of photos whose artwork is *not* among the candidates.
 """
 
@@ -11,7 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FEATURE_NAMES = ("log_inliers", "inlier_ratio", "coverage", "similarity")
+FEATURE_NAMES = ("log_inliers", "similarity")
+# A random-init model's similarity is noise (SMVS recall@10 at chance level): fitting on it only learns
+# spurious weights, so such bundles calibrate on the geometric evidence alone.
+RANDOM_INIT_FEATURES = ("log_inliers",)
 # Below this the calibrated model itself says the answer is more likely wrong than right: never answer there,
 # whatever a false-positive target allows.
 MIN_THRESHOLD = 0.5
@@ -25,23 +30,33 @@ class Calibration:
     scale: np.ndarray
     threshold: float
     info: dict  # how it was fitted: data, sizes, target FPR, expected recall
+    features: tuple[str, ...] = FEATURE_NAMES
 
     def confidence(self, evidence: np.ndarray) -> np.ndarray:
         """Probability that each row's candidate is the artwork in the photo, in [0, 1]."""
-        z = ((np.atleast_2d(evidence) - self.mean) / self.scale) @ self.weights + self.bias
+        z = ((self.select(evidence) - self.mean) / self.scale) @ self.weights + self.bias
         return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
     def to_json(self) -> dict:
-        return {"features": list(FEATURE_NAMES), "weights": self.weights.tolist(), "bias": self.bias,
+        return {"features": list(self.features), "weights": self.weights.tolist(), "bias": self.bias,
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(), "threshold": self.threshold,
                 "info": self.info}
 
     @classmethod
     def from_json(cls, data: dict) -> Calibration:
-        if list(data.get("features", [])) != list(FEATURE_NAMES):
-            raise ValueError(f"calibration features {data.get('features')} do not match {list(FEATURE_NAMES)}")
+        features = tuple(data.get("features", []))
+        if not features or not set(features) <= set(FEATURE_NAMES) or len(features) != len(data["weights"]):
+            raise ValueError(f"calibration features {list(features)} are not a subset of {list(FEATURE_NAMES)}")
         return cls(np.asarray(data["weights"], float), float(data["bias"]), np.asarray(data["mean"], float),
-                   np.asarray(data["scale"], float), float(data["threshold"]), dict(data.get("info", {})))
+                   np.asarray(data["scale"], float), float(data["threshold"]), dict(data.get("info", {})), features)
+
+    def select(self, evidence: np.ndarray) -> np.ndarray:
+        return select_features(evidence, self.features)
+
+
+def select_features(evidence: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
+    """The columns of full evidence rows (FEATURE_NAMES order) named by ``features``."""
+    return np.atleast_2d(evidence)[:, [FEATURE_NAMES.index(f) for f in features]]
 
 
 def fit(evidence: np.ndarray, labels: np.ndarray, *, l2: float = 1.0, iters: int = 50) -> tuple[np.ndarray, float,

@@ -31,8 +31,9 @@ from .results import Candidate, ModelSummary, Recognition
 DEFAULT_CONFIG: dict = {
     "top_k": 10,  # shortlist verified per photo (docs/benchmarks.md: precision@1 and latency against K)
     # Which rankings make the shortlist: "fused" (DINOv2 and VLAD by reciprocal-rank fusion), "global"
-    # (DINOv2 only) or "local" (VLAD only). VLAD needs no weights, so it carries random-init models.
-    "shortlist": "fused",
+    # (DINOv2 only), "local" (VLAD only), or "auto": fused for a pretrained model, local for a random-init one
+    # (its descriptors rank SMVS at chance level, recall@10 0.17, and would only take verification slots).
+    "shortlist": "auto",
     "rrf_k": 60,
     "verify": VERIFY_CONFIG,
     "max_overlap": 0.5,  # two verified outlines overlapping more than this are one artwork: keep the best
@@ -50,7 +51,9 @@ class Evidence:
     verification: Verification
 
     def vector(self) -> np.ndarray:
-        return np.append(self.verification.features(), self.similarity)
+        """The evidence the calibration sees (recognition/calibration.py FEATURE_NAMES)."""
+        v = self.verification
+        return np.array([np.log1p(v.inliers if v.plausible else 0), self.similarity], dtype=np.float64)
 
 
 @dataclass
@@ -83,11 +86,16 @@ class Recognizer:
                              f" (sha256 {model_meta['sha256'][:12]}…, pooling {model_meta['pooling']})")
         self.embedder = embedder
         self.feature_config = self.bundle.meta["features"]["config"]
-        cal = self.bundle.calibration
-        if cal is None and require_calibration:
-            raise BundleError(f"{self.bundle.path}: bundle has no calibration; run `artlens calibrate`"
+        self.calibration = None
+        problem = "bundle has no calibration"
+        if self.bundle.calibration:
+            try:
+                self.calibration = Calibration.from_json(self.bundle.calibration)
+            except (ValueError, KeyError, TypeError) as exc:
+                problem = f"bundle calibration is unusable ({exc})"
+        if self.calibration is None and require_calibration:
+            raise BundleError(f"{self.bundle.path}: {problem}; run `artlens calibrate --index {self.bundle.path}`"
                               " or rebuild it with `artlens index build`")
-        self.calibration = Calibration.from_json(cal) if cal else None
         self.model_summary = ModelSummary(id=embedder.info.source, pretrained=embedder.info.pretrained,
                                           sha256=embedder.info.sha256)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -132,6 +140,8 @@ class Recognizer:
     def shortlist(self, query_vector: np.ndarray, query_descriptors: np.ndarray, k: int) -> list[int]:
         """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings, fused by reciprocal rank."""
         mode = self.config["shortlist"]
+        if mode == "auto":
+            mode = "fused" if self.embedder.info.pretrained else "local"
         rankings = []
         if mode in {"fused", "global"}:
             rankings.append(search(self.bundle.index, query_vector[None], k)[1][0])

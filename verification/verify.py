@@ -34,12 +34,6 @@ class Verification:
     def plausible(self) -> bool:
         return self.rejected is None and self.homography is not None
 
-    def features(self) -> np.ndarray:
-        """The evidence as the calibration model sees it (see recognition/calibration.py)."""
-        inl = self.inliers if self.plausible else 0
-        return np.array([np.log1p(inl), self.inlier_ratio if self.plausible else 0.0,
-                         self.coverage if self.plausible else 0.0], dtype=np.float64)
-
 
 def prepare(feats: LocalFeatures) -> np.ndarray:
     """Descriptors in the space they are matched in (done once per photo, reused for every candidate)."""

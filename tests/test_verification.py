@@ -1,0 +1,79 @@
+"""Geometric verification on real catalogue images under known homographies."""
+
+import cv2
+import numpy as np
+import pytest
+
+from artlens.imaging import load_image, to_gray
+from artlens.verification import extract, prepare, verify
+from artlens.verification.geometry import degeneracy, project_corners
+
+from .conftest import SMVS, needs_shared
+
+pytestmark = needs_shared
+
+
+def _features(gray):
+    f = extract(gray)
+    return f, prepare(f)
+
+
+@pytest.fixture(scope="module")
+def painting():
+    return to_gray(load_image(SMVS / "reference" / "005.jpg", max_side=800).rgb)
+
+
+def _warp(gray, H, size):
+    return cv2.warpPerspective(gray, H, size, borderMode=cv2.BORDER_CONSTANT, borderValue=200)
+
+
+def test_recovers_a_known_perspective_outline(painting):
+    h, w = painting.shape
+    size = (900, 700)
+    dst = np.float32([[120, 80], [760, 130], [720, 640], [150, 600]])
+    H = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), dst)
+    photo = _warp(painting, H, size)
+    ref_f, ref_d = _features(painting)
+    q_f, q_d = _features(photo)
+    v = verify(q_f, q_d, ref_f, ref_d)
+    assert v.plausible and v.inliers > 50 and v.inlier_ratio > 0.5
+    # q_f was computed at the photo's own resolution (900 px ≤ max_side 800? no: it is downscaled to 800).
+    scale = np.array(q_f.image_size) / np.array(size)
+    expected = dst * scale / np.array(q_f.image_size)
+    assert np.abs(v.outline - expected).max() < 0.02
+
+
+def test_mirrored_photo_is_rejected(painting):
+    ref_f, ref_d = _features(painting)
+    mirrored = np.ascontiguousarray(painting[:, ::-1])
+    q_f, q_d = _features(mirrored)
+    v = verify(q_f, q_d, ref_f, ref_d)
+    # SIFT is not mirror-invariant: what survives is a handful of chance matches, not a verified painting.
+    assert not v.plausible or v.inliers < 15
+
+
+def test_unrelated_painting_does_not_verify(painting):
+    other = to_gray(load_image(SMVS / "reference" / "040.jpg", max_side=800).rgb)
+    ref_f, ref_d = _features(painting)
+    q_f, q_d = _features(other)
+    v = verify(q_f, q_d, ref_f, ref_d)
+    assert v.inliers < 15
+
+
+def test_degenerate_homographies_are_named():
+    ref, photo = (400, 300), (800, 600)
+    identity = np.eye(3)
+    assert degeneracy(identity, ref, photo) is None
+    assert degeneracy(np.diag([-1.0, 1.0, 1.0]) @ np.array([[1, 0, -400], [0, 1, 0], [0, 0, 1.0]]), ref, photo) \
+        == "outline is mirrored"
+    assert "collapsed" in degeneracy(np.diag([0.01, 0.01, 1.0]), ref, photo)
+    assert "absurd scale" in degeneracy(np.diag([40.0, 40.0, 1.0]), ref, photo)
+    squeezed = np.diag([3.0, 0.15, 1.0])
+    assert "aspect" in degeneracy(squeezed, ref, photo)
+    horizon = np.array([[1, 0, 0], [0, 1, 0], [-0.004, 0, 1.0]])  # corner x=400 hits the line at infinity
+    assert degeneracy(horizon, ref, photo) in {"outline crosses the horizon", "outline goes to infinity"}
+
+
+def test_project_corners_identity():
+    quad = project_corners(np.eye(3), (40, 30))
+    assert np.allclose(quad, [[0, 0], [40, 0], [40, 30], [0, 30]])
