@@ -113,13 +113,14 @@ def index_build(
 
     meta = read_meta(out)
     _warn_if_random(meta["model"]["pretrained"])
-    cal = meta.get("calibration") or {}
-    info = cal.get("info", {})
+    cal = meta.get("calibration")
+    calibration = "not calibrated (run `artlens calibrate` before recognising)"
+    if cal:
+        info = cal["info"]
+        calibration = (f"threshold {cal['threshold']:.3f} (expected recall {info['expected_recall']:.2f} at FPR"
+                       f" {info['fpr_at_threshold']:.3f} on {info['source']})")
     console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks, {len(report.skipped)} skipped,"
-                  f" index {meta['index']['type']}, threshold {cal.get('threshold', float('nan')):.3f}"
-                  f" (expected recall {info.get('expected_recall', float('nan')):.2f} at FPR"
-                  f" {info.get('fpr_at_threshold', float('nan')):.3f} on {info.get('source', '-')}),"
-                  f" {report.seconds:.1f}s", highlight=False)
+                  f" index {meta['index']['type']}, {calibration}, {report.seconds:.1f}s", highlight=False)
 
 
 @app.command()
@@ -220,6 +221,9 @@ def evaluate(
             report = run_eval(recognizer, queries, top_k=top_k,
                               progress=lambda d, t: bars.update(task, completed=d, total=t))
     _print_report(report)
+    for detail in report["details"]:
+        if "error" in detail:
+            console.print(f"[red]failed:[/red] {detail['error']}", highlight=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))
@@ -230,8 +234,8 @@ def _print_report(report: dict) -> None:
     table = Table(title=f"{report['queries']}  (K={report['top_k']}, threshold {report['threshold']:.3f})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("n_queries", "n_match_queries", "n_nomatch_queries", "precision_at_1", "recall", "precision",
-                "false_positive_rate", "shortlist_recall"):
+    for key in ("n_queries", "n_errors", "n_match_queries", "n_nomatch_queries", "precision_at_1", "recall",
+                "precision", "false_positive_rate", "shortlist_recall"):
         value = report[key]
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     lat = report["latency_ms"]

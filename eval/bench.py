@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from artlens.recognition.recognizer import Recognizer
 
+from artlens.errors import ImageError
 from artlens.imaging import load_image
 
 from .evaluate import percentiles
@@ -41,7 +42,14 @@ def bench_recognition(recognizer: Recognizer, queries: str | Path, *, top_k: int
     """
     k = int(top_k or recognizer.config["top_k"])
     photos = [p for _, p, _ in read_queries(queries)]
-    encoded = [p.read_bytes() for p in photos]
+    encoded = []
+    for p in photos:
+        if not p.is_file():
+            raise ImageError(str(p), "file not found", code="missing_image")
+        try:
+            encoded.append(p.read_bytes())
+        except OSError as exc:
+            raise ImageError(str(p), f"cannot read photo: {exc.strerror}", code="missing_image") from None
     emb = recognizer.embedder
     inputs = []
     for data, p in zip(encoded, photos, strict=True):

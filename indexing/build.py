@@ -71,6 +71,7 @@ def build_bundle(
     fcfg = {**FEATURE_CONFIG, **cfg["features"]}
     started = time.perf_counter()
     out = Path(out)
+    bundle_io.check_replaceable(out)
     collection = read_collection(collection_csv)
     skipped = list(collection.problems)
     if strict and skipped:

@@ -124,8 +124,15 @@ def staging_dir(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
 
 
+def check_replaceable(out: Path) -> None:
+    """Only a bundle (or nothing, or an empty directory) may be replaced: never a folder of someone's files."""
+    if out.exists() and not (out / "bundle.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out}: exists and is not an index bundle; refusing to replace it (choose another --out)")
+
+
 def commit(staging: Path, out: Path) -> None:
     """Move a finished bundle into place; an existing bundle is replaced only once the new one is complete."""
+    check_replaceable(out)
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def read_collection(csv_path: str | Path) -> Collection:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CollectionError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    reader = csv.DictReader(text.splitlines())
+    # newline="" keeps quoted multi-line fields (and U+2028 inside them) intact, as the csv module requires.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip() for c in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -48,20 +50,22 @@ def read_collection(csv_path: str | Path) -> Collection:
     rows: list[Row] = []
     problems: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
-    for line_no, rec in enumerate(reader, start=2):
+    next_line = reader.line_num + 1
+    for rec in reader:
+        line_no, next_line = next_line, reader.line_num + 1  # a record may span several physical lines
         if None in rec:
             problems.append((line_no, f"{len(rec[None])} more field(s) than the header has"))
             continue
         oid = (rec.get("object_id") or "").strip()
         image = (rec.get("image") or "").strip()
         if not oid:
-            problems.append((line_no, "empty object_id"))
+            problems.append((line_no, f"{image or 'row'}: empty object_id"))
             continue
         if not image:
             problems.append((line_no, f"object {oid!r}: empty image"))
             continue
         if oid in seen:
-            problems.append((line_no, f"duplicate object_id {oid!r} (first on line {seen[oid]})"))
+            problems.append((line_no, f"{image}: duplicate object_id {oid!r} (first on line {seen[oid]})"))
             continue
         seen[oid] = line_no
         meta = {c: (rec.get(c) or "").strip() for c in meta_cols}
@@ -82,7 +86,13 @@ def fetch_bytes(source: str | Path, timeout: float = 30.0, max_bytes: int = 64 *
     if isinstance(source, Path):
         if not source.is_file():
             raise ImageError(str(source), "file not found", code="missing_image")
-        return source.read_bytes()
+        try:
+            size = source.stat().st_size
+            if size > max_bytes:
+                raise ImageError(str(source), f"{size} bytes, above the {max_bytes}-byte limit", code="image_too_large")
+            return source.read_bytes()
+        except OSError as exc:
+            raise ImageError(str(source), f"cannot read file: {exc.strerror}", code="missing_image") from None
     import httpx
 
     try:

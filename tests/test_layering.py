@@ -1,0 +1,218 @@
+"""Import rules between the pipeline stages, checked on the source with ``ast`` (nothing is imported).
+
+export → indexing → recognition → server; eval may use everything but the server; verification is pure array
+code every stage may use; the ``artlens`` base modules (errors, imaging, embedder) are shared by all.
+Only export may use PyTorch/transformers, and even it loads them lazily (``artlens --help`` without the extra).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+# Folder in the repository → the package it installs as (pyproject.toml [tool.setuptools.package-dir]).
+PACKAGES = {"artlens": "artlens", "export": "artlens.export", "indexing": "artlens.indexing",
+            "recognition": "artlens.recognition", "verification": "artlens.verification",
+            "server": "artlens.server", "eval": "artlens.eval"}
+BASE = {"artlens", "artlens.errors", "artlens.imaging", "artlens.embedder"}
+STAGES = {"verification", "export", "indexing", "recognition", "eval", "server"}
+HEAVY = {"torch", "transformers"}
+
+# Stage → the other artlens stages it may import from (itself and the base modules always allowed).
+ALLOWED = {
+    "verification": set(),
+    "export": set(),
+    "indexing": {"verification"},
+    "recognition": {"verification", "indexing"},
+    "server": {"verification", "indexing", "recognition"},
+    "eval": {"verification", "export", "indexing", "recognition"},  # in fact anything but the server
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # absolute dotted name, relative imports resolved
+    line: int
+    top_level: bool  # executed when the module is imported (not inside a function or `if TYPE_CHECKING:`)
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    module: str
+    stage: str  # "verification", "export", … or "base" (artlens/)
+    imports: tuple[Import, ...]
+
+    def __str__(self) -> str:
+        return str(self.path.relative_to(REPO))
+
+
+def _module_name(path: Path) -> tuple[str, str]:
+    folder = path.relative_to(REPO).parts[0]
+    package = PACKAGES[folder]
+    name = package if path.name == "__init__.py" else f"{package}.{path.stem}"
+    return name, ("base" if folder == "artlens" else folder)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.Module, module: str, is_package: bool) -> list[Import]:
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, top_level: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                found.extend(Import(alias.name, child.lineno, top_level) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                if child.module is None or child.level:
+                    # `from . import bundle`: each name may be a submodule; record both forms.
+                    found.extend(Import(f"{target}.{alias.name}", child.lineno, top_level) for alias in child.names)
+                found.append(Import(target, child.lineno, top_level))
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                visit(child, False)
+            elif isinstance(child, ast.If) and _is_type_checking(child):
+                for stmt in child.body:
+                    visit(ast.Module(body=[stmt], type_ignores=[]), False)
+                for stmt in child.orelse:
+                    visit(ast.Module(body=[stmt], type_ignores=[]), top_level)
+            else:
+                visit(child, top_level)
+
+    visit(tree, True)
+    return found
+
+
+def _sources() -> list[Source]:
+    sources = []
+    for folder in PACKAGES:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            module, stage = _module_name(path)
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            sources.append(Source(path, module, stage, tuple(_imports(tree, module, path.name == "__init__.py"))))
+    return sources
+
+
+SOURCES = _sources()
+
+
+def _stage_of(module: str) -> str | None:
+    """The artlens stage a module belongs to ("base" for artlens.*), None when it is not ours."""
+    if module == "artlens" or module in BASE:
+        return "base"
+    parts = module.split(".")
+    if parts[0] != "artlens":
+        return None
+    if len(parts) > 1 and parts[1] in STAGES:
+        return parts[1]
+    return "base" if module in BASE else "artlens-other"  # artlens.cli and anything new in artlens/
+
+
+def _ours(src: Source) -> list[Import]:
+    return [i for i in src.imports if i.module.split(".")[0] == "artlens"]
+
+
+def _by_stage(stage: str) -> list[Source]:
+    found = [s for s in SOURCES if s.stage == stage]
+    assert found, f"no .py files found for {stage}"
+    return found
+
+
+def test_the_scan_sees_the_imports():
+    """Guard against a vacuous pass: known imports are found and relative imports resolved."""
+    by_module = {s.module: s for s in SOURCES}
+    build = {i.module for i in by_module["artlens.indexing.build"].imports}
+    assert {"artlens.verification", "artlens.embedder", "artlens.indexing.bundle", "cv2"} <= build
+    recognizer = {i.module for i in by_module["artlens.recognition.recognizer"].imports}
+    assert {"artlens.indexing.bundle", "artlens.recognition.calibration"} <= recognizer
+    cli = by_module["artlens.cli"].imports
+    assert any(i.module == "artlens.indexing.build" and not i.top_level for i in cli)  # lazy, inside a command
+    assert {"artlens.export.dinov2", "artlens.export.graph"} <= {s.module for s in SOURCES}
+
+
+def test_verification_imports_nothing_of_artlens():
+    for src in _by_stage("verification"):
+        bad = [i for i in _ours(src) if _stage_of(i.module) != "verification"]
+        assert not bad, f"{src}: verification must stay free of artlens imports: {bad}"
+
+
+def test_base_modules_import_only_each_other():
+    for src in SOURCES:
+        if src.module not in BASE:
+            continue
+        bad = [i for i in _ours(src) if i.module not in BASE]
+        assert not bad, f"{src}: base modules may import only {sorted(BASE)}: {bad}"
+
+
+def test_cli_imports_stages_lazily():
+    """`artlens --help` loads no stage: the commands import what they need when they run."""
+    cli = next(s for s in SOURCES if s.module == "artlens.cli")
+    eager = [i for i in _ours(cli) if i.top_level and i.module not in BASE]
+    assert not eager, f"{cli}: module-level imports of stages: {eager}"
+
+
+@pytest.mark.parametrize("stage", sorted(ALLOWED))
+def test_stage_imports_follow_the_pipeline(stage):
+    allowed = ALLOWED[stage] | {stage}
+    for src in _by_stage(stage):
+        for imp in _ours(src):
+            target = _stage_of(imp.module)
+            if stage == "export":
+                ok = target == "export" or imp.module == "artlens.errors"
+            elif stage == "eval":
+                ok = target != "server"
+            else:
+                ok = target == "base" or target in allowed
+            assert ok, f"{src}:{imp.line}: {stage} must not import {imp.module}"
+
+
+def test_indexing_never_touches_torch_or_export():
+    for src in _by_stage("indexing"):
+        bad = [i for i in src.imports if i.module.split(".")[0] in HEAVY or i.module.startswith("artlens.export")]
+        assert not bad, f"{src}: the index build runs without the export extra: {bad}"
+
+
+def test_only_export_imports_torch_or_transformers_at_module_level():
+    for src in SOURCES:
+        if src.stage == "export":
+            continue
+        bad = [i for i in src.imports if i.top_level and i.module.split(".")[0] in HEAVY]
+        assert not bad, f"{src}: imports {bad[0].module} at module level (line {bad[0].line})"
+
+
+def test_export_package_and_cli_load_torch_lazily():
+    """The modules `artlens` mounts (export/__init__.py, export/cli.py, dinov2.py) must import without torch."""
+    for name in ("artlens.export", "artlens.export.cli", "artlens.export.dinov2", "artlens.export.errors"):
+        src = next(s for s in SOURCES if s.module == name)
+        bad = [i for i in src.imports if i.top_level and i.module.split(".")[0] in HEAVY | {"onnx"}]
+        eager_graph = [i for i in src.imports if i.top_level and i.module in {"artlens.export.graph",
+                                                                             "artlens.export.parity",
+                                                                             "artlens.export.loading"}]
+        assert not bad and not eager_graph, f"{src}: {bad + eager_graph}"
+
+
+def test_runtime_import_loads_no_torch():
+    """What the AST promises, checked once for real: the online path starts without PyTorch."""
+    code = ("import sys, artlens.cli, artlens.indexing.build, artlens.recognition.recognizer, artlens.eval.evaluate,"
+            " artlens.eval.bench, artlens.export; "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules); "
+            "print(','.join(heavy)); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"loaded at import: {proc.stdout.strip()} {proc.stderr[-2000:]}"
