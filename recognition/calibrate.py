@@ -89,7 +89,9 @@ def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[Labe
     for row in rows:
         art = bundle.artworks[row]
         rgb = load_image(fetch_bytes(resolve_image(csv_path, art["image"])), name=art["image"], max_side=1600).rgb
-        photos.append(LabelledPhoto(simulate_visitor_photo(rgb, rng), frozenset({row}),
+        # The same image listed under several ids (prints, duplicates) is a correct answer under each of them.
+        same = frozenset(r for r, other in enumerate(bundle.artworks) if other["image"] == art["image"])
+        photos.append(LabelledPhoto(simulate_visitor_photo(rgb, rng), same,
                                     f"simulated photo of {art['object_id']}"))
     return photos
 

@@ -25,7 +25,7 @@ def train_vocabulary(descriptors: np.ndarray, config: dict | None = None) -> np.
     if len(data) > cfg["train_sample"]:
         pick = np.random.default_rng(cfg["seed"]).choice(len(data), cfg["train_sample"], replace=False)
         data = data[np.sort(pick)]
-    words = min(cfg["words"], max(1, len(data) // 8))
+    words = min(cfg["words"], max(1, len(data) // 39))  # FAISS k-means wants ≥ 39 points per centroid
     kmeans = faiss.Kmeans(data.shape[1], words, niter=cfg["iterations"], seed=cfg["seed"], verbose=False)
     kmeans.train(data)
     return kmeans.centroids.astype(np.float32)

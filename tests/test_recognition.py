@@ -1,0 +1,82 @@
+"""End-to-end recognition of real gallery photos with the tiny random-init model (verification carries it)."""
+
+import pytest
+
+from artlens.indexing.build import build_bundle
+from artlens.recognition.calibrate import calibrate_bundle
+from artlens.recognition.recognizer import Recognizer
+
+from .conftest import ESTENSE, SMVS, needs_shared, write_collection
+
+pytestmark = needs_shared
+
+
+def test_phone_photo_of_a_painting_is_recognised_with_its_outline(recognizer):
+    result = recognizer.recognize(SMVS / "query" / "001.jpg")
+    assert result.status == "match"
+    best = result.matches[0]
+    assert best.object_id == "smvs-001" and best.verified and best.confidence >= result.threshold
+    assert best.metadata == {"title": "Painting 001"}
+    assert best.inliers >= 15
+    outline = best.outline
+    assert len(outline) == 4
+    xs, ys = [p[0] for p in outline], [p[1] for p in outline]
+    # The painting hangs inside the photo: its outline is in normalised photo coordinates, roughly within it.
+    assert -0.2 < min(xs) < max(xs) < 1.2 and -0.2 < min(ys) < max(ys) < 1.2
+    assert result.model.pretrained is False
+    assert set(result.timings_ms) == {"decode", "embed", "features", "search", "verify", "decide", "total"}
+    assert result.image_size == [1600, 1200]
+
+
+def test_building_photo_is_no_match_with_a_debug_candidate(recognizer):
+    result = recognizer.recognize(SMVS / "nomatch" / "landmark-001.jpg")
+    assert result.status == "no_match" and result.matches == []
+    assert result.best_rejected is not None and not result.best_rejected.verified
+    assert result.best_rejected.confidence < result.threshold
+
+
+def test_top_k_bounds_the_shortlist(recognizer):
+    analysis = recognizer.analyse(SMVS / "query" / "003.jpg", top_k=3)
+    assert len(analysis.candidates) == 3
+    assert [c.rank for c in analysis.candidates] == [1, 2, 3]
+    assert recognizer.decide(analysis, top_k=3).top_k == 3
+
+
+def test_min_confidence_override(recognizer):
+    strict = recognizer.recognize(SMVS / "query" / "001.jpg", min_confidence=1.0)
+    assert strict.status == "no_match" and strict.threshold == 1.0
+
+
+@pytest.fixture(scope="module")
+def estense_bundle(tmp_path_factory, tiny_model):
+    if not ESTENSE.is_dir():
+        pytest.skip("../shared/data/estense is not beside the repository")
+    ids = ["094", "037", "003", "011", "043", "065", "086"]
+    rows = [{"object_id": f"estense-{n}", "image": str(ESTENSE / "reference" / f"{n}.png")} for n in ids]
+    csv_path = write_collection(tmp_path_factory.mktemp("estense") / "collection.csv", rows)
+    out = tmp_path_factory.mktemp("bundles") / "estense"
+    build_bundle(tiny_model, csv_path, out,
+                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 7}))
+    return out
+
+
+def test_two_paintings_in_one_gallery_frame_are_both_returned(estense_bundle):
+    result = Recognizer(estense_bundle).recognize(ESTENSE / "query" / "094_037.jpg", top_k=7)
+    found = {m.object_id for m in result.matches}
+    assert found == {"estense-094", "estense-037"}
+    a, b = (m.outline for m in result.matches)
+    centre_a = sum(p[0] for p in a) / 4
+    centre_b = sum(p[0] for p in b) / 4
+    assert abs(centre_a - centre_b) > 0.2  # two different places in the frame
+
+
+def test_identical_references_do_not_answer_twice(tmp_path, tiny_model):
+    image = str(SMVS / "reference" / "001.jpg")
+    rows = [{"object_id": "print-a", "image": image}, {"object_id": "print-b", "image": image},
+            {"object_id": "other", "image": str(SMVS / "reference" / "020.jpg")}]
+    csv_path = write_collection(tmp_path / "c.csv", rows)
+    build_bundle(tiny_model, csv_path, tmp_path / "b",
+                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 3}))
+    result = Recognizer(tmp_path / "b").recognize(SMVS / "query" / "001.jpg")
+    # One region of the photo is one artwork: the second, overlapping outline is dropped.
+    assert [m.object_id for m in result.matches] in (["print-a"], ["print-b"])
