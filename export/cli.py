@@ -1,0 +1,143 @@
+"""`artlens export …`; artlens/cli.py mounts it with ``app.add_typer(export_app, name="export")``.
+
+Imports neither torch nor transformers at module level, so `artlens --help` stays fast and works without the
+export extra.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from artlens.errors import ArtlensError
+from artlens.export.dinov2 import CONFIG, GEOMETRIES, POOLINGS, PRECISIONS
+
+export_app = typer.Typer(help="Export models to ONNX + model.json (see docs/model-contract.md).",
+                         no_args_is_help=True)
+console = Console(stderr=True)
+
+RANDOM_INIT_WARNING = ("[bold]pretrained: false[/bold] — embeddings are random; recognition relies on "
+                       "geometric verification.\nFor real recognition quality export real DINOv2 weights: "
+                       "--model DIR.")
+# Enums, not plain str: Typer then lists and checks the choices itself.
+Geometry = Enum("Geometry", {g: g for g in GEOMETRIES}, type=str)  # type: ignore[misc]
+Pooling = Enum("Pooling", {p: p for p in POOLINGS}, type=str)  # type: ignore[misc]
+Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)  # type: ignore[misc]
+_STAGES = {"load": "load model", "export": "export ONNX", "convert": "convert precision",
+           "parity": "parity check", "write": "write bundle"}
+
+
+@export_app.callback()
+def _group() -> None:  # a callback keeps `export` a command group even while it has one command
+    """Export models to ONNX + model.json (see docs/model-contract.md)."""
+
+
+@export_app.command("dinov2")
+def dinov2(
+    out: Annotated[Path, typer.Option(help="Model directory to write (replaced only after a successful "
+                                          "export).")],
+    model: Annotated[str, typer.Option(help="Hub id (facebook/dinov2-small, …-base, …-large, …-giant, "
+                                            "facebook/dinov2-with-registers-…) or a local directory with "
+                                            "config.json + weights.")] = CONFIG["model"],
+    random_init: Annotated[bool, typer.Option("--random-init", help="Seeded random weights of the same "
+                                              "architecture: offline tests and demos (pretrained: false)."
+                                              )] = False,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for --random-init.")] = 0,
+    size: Annotated[int, typer.Option(help="Input size in pixels (multiple of the patch size 14).")
+                    ] = CONFIG["size"],
+    geometry: Annotated[Geometry, typer.Option(help="How a photo becomes the input.")
+                        ] = Geometry(CONFIG["geometry"]),
+    pooling: Annotated[Pooling, typer.Option(help="Default pooling recorded for the runtime.")
+                       ] = Pooling(CONFIG["pooling"]),
+    precision: Annotated[Precision, typer.Option(help="Weights precision of model.onnx.")
+                         ] = Precision(CONFIG["precision"]),
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = CONFIG["opset"],
+    tolerance: Annotated[float | None, typer.Option(help="Max abs difference to PyTorch allowed "
+                                                    "(default depends on --precision).")] = None,
+    allow_download: Annotated[bool, typer.Option("--allow-download", help="Let hub ids be downloaded "
+                                                 "(default: local Hugging Face cache only; also "
+                                                 "ARTLENS_ALLOW_DOWNLOAD=1).")] = False,
+) -> None:
+    """Export DINOv2 to ONNX with dynamic batch/height/width, verified against PyTorch."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep transformers' notices off the terminal
+    started = time.perf_counter()
+    try:
+        with _StageProgress() as stages:
+            from artlens.export.dinov2 import export_dinov2
+
+            meta = export_dinov2(model, out, random_init=random_init, seed=seed, size=size,
+                                 geometry=geometry.value, pooling=pooling.value, precision=precision.value,
+                                 opset=opset, tolerance=tolerance,
+                                 allow_download=True if allow_download else None, progress=stages.report)
+    except ArtlensError as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"artlens export needs PyTorch, transformers and onnx ({exc.name} is not installed): "
+              "pip install 'artlens[export]'")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow] (nothing was written)")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug, not a user error: one line, traceback on request
+        if os.environ.get("ARTLENS_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (set ARTLENS_DEBUG=1 for the traceback)")
+    _summary(meta, Path(out), time.perf_counter() - started)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+class _StageProgress:
+    """One spinner line per stage (load → export → [convert →] parity → write), each with its time."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(SpinnerColumn(finished_text="[green]✓[/green]"),
+                                  TextColumn("[bold]{task.description}[/bold] {task.fields[detail]}"),
+                                  TimeElapsedColumn(), console=console, transient=False)
+        self._current: TaskID | None = None
+
+    def __enter__(self) -> _StageProgress:
+        return self  # the live display starts with the first stage: argument errors print no empty line
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if self._current is None:
+            return
+        if exc_type is None:
+            self._progress.update(self._current, completed=1)
+        else:  # the error line that follows says what went wrong; no frozen spinner above it
+            self._progress.remove_task(self._current)
+        self._progress.__exit__(exc_type, *rest)
+
+    def report(self, stage: str, detail: str) -> None:
+        if self._current is None:
+            self._progress.__enter__()
+        else:
+            self._progress.update(self._current, completed=1)
+        self._current = self._progress.add_task(_STAGES.get(stage, stage), total=1,
+                                                detail=f"[dim]{detail}[/dim]")
+
+
+def _summary(meta: dict[str, Any], out: Path, seconds: float) -> None:
+    if not meta["pretrained"]:
+        console.print(Panel(RANDOM_INIT_WARNING, title="[bold]random-init model[/bold]", style="bold yellow",
+                            border_style="yellow"))
+    arch = meta["architecture"]
+    onnx_meta = meta["onnx"]
+    parity = meta["parity"]
+    weights = "pretrained" if meta["pretrained"] else f"random init, seed {meta['seed']}"
+    console.print(
+        f"[green]model[/green] {out}: {meta['source']} ({weights}), {arch['num_hidden_layers']} layers × "
+        f"{arch['hidden_size']}, {onnx_meta['precision']}, {onnx_meta['bytes'] / 2**20:.1f} MiB, input "
+        f"{meta['input']['size']} {meta['input']['geometry']}, pooling {meta['pooling']}; parity max |Δ| "
+        f"{parity['max_abs_diff']:.2g} (tolerance {parity['tolerance']:g}), min cosine "
+        f"{min(parity['min_cosine'].values()):.5f}; {seconds:.1f}s", highlight=False)
