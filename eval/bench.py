@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from artlens.recognition.recognizer import Recognizer
 
 from artlens.errors import ImageError
 from artlens.imaging import load_image
+from artlens.recognition.recognizer import Recognizer
 
 from .evaluate import percentiles
 from .queries import read_queries

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from artlens.recognition.recognizer import Recognizer
 
 from artlens.errors import ArtlensError
+from artlens.recognition.recognizer import Recognizer
 
 from .queries import labelled_photos
 

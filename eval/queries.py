@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from artlens.errors import CollectionError
 from artlens.indexing.bundle import Bundle
 from artlens.recognition.calibrate import LabelledPhoto
-
-from artlens.errors import CollectionError
 
 
 def read_queries(path: str | Path) -> list[tuple[int, Path, list[str]]]:

@@ -6,11 +6,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
-from artlens.recognition.calibrate import simulate_visitor_photo
 
 from artlens.errors import ArtlensError, CollectionError
 from artlens.imaging import load_image
+from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
+from artlens.recognition.calibrate import simulate_visitor_photo
 
 
 def simulate_collection_photos(collection_csv: str | Path, out_dir: str | Path, *, count: int, seed: int = 0) -> Path:

@@ -13,6 +13,11 @@ from pathlib import Path
 import cv2
 import faiss
 import numpy as np
+
+import artlens
+from artlens.embedder import Embedder
+from artlens.errors import ArtlensError, CollectionError
+from artlens.imaging import load_image, to_gray
 from artlens.verification import (
     FEATURE_CONFIG,
     VLAD_CONFIG,
@@ -22,11 +27,6 @@ from artlens.verification import (
     train_vocabulary,
     vlad_aggregate,
 )
-
-import artlens
-from artlens.embedder import Embedder
-from artlens.errors import ArtlensError, CollectionError
-from artlens.imaging import load_image, to_gray
 
 from . import bundle as bundle_io
 from . import vector_index

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from artlens.verification import LocalFeatures
 
 from artlens.errors import BundleError
+from artlens.verification import LocalFeatures
 
 FORMAT = "artlens-bundle/1"
 FEATURE_FILES = ("keypoints.npy", "descriptors.npy", "offsets.npy", "sizes.npy")

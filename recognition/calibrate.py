@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from artlens.indexing.bundle import read_meta, write_meta
 
 from .calibration import FEATURE_NAMES, RANDOM_INIT_FEATURES, Calibration, choose_threshold, fit, select_features
@@ -76,9 +77,8 @@ def simulate_visitor_photo(rgb: np.ndarray, rng: np.random.Generator, out_side: 
 
 
 def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[LabelledPhoto]:
-    from artlens.indexing.collection import fetch_bytes, resolve_image
-
     from artlens.imaging import load_image
+    from artlens.indexing.collection import fetch_bytes, resolve_image
 
     bundle = recognizer.bundle
     rng = np.random.default_rng(seed)

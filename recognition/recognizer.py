@@ -10,6 +10,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from artlens.embedder import Embedder
+from artlens.errors import BundleError, ModelError
+from artlens.imaging import DecodedImage, load_image, to_gray
 from artlens.indexing.bundle import Bundle, load_bundle
 from artlens.indexing.vector_index import search
 from artlens.verification import (
@@ -21,10 +25,6 @@ from artlens.verification import (
     verify,
     vlad_aggregate,
 )
-
-from artlens.embedder import Embedder
-from artlens.errors import BundleError, ModelError
-from artlens.imaging import DecodedImage, load_image, to_gray
 
 from .calibration import Calibration
 from .results import Candidate, ModelSummary, Recognition

@@ -1,6 +1,7 @@
 """Calibration maths: a logistic fit that orders evidence sensibly, and a threshold that honours the FPR target."""
 
 import numpy as np
+
 from artlens.recognition.calibration import MIN_THRESHOLD, Calibration, choose_threshold, fit
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from artlens.indexing.build import build_bundle
-from artlens.indexing.bundle import FORMAT, load_bundle, read_meta, sha256_of
 
 from artlens.errors import BundleError, CollectionError, ModelError
+from artlens.indexing.build import build_bundle
+from artlens.indexing.bundle import FORMAT, load_bundle, read_meta, sha256_of
 
 from .badimages import BAD_INPUTS, png_header_only
 from .conftest import SMVS, needs_shared, write_collection

@@ -1,6 +1,7 @@
 """End-to-end recognition of real gallery photos with the tiny random-init model (verification carries it)."""
 
 import pytest
+
 from artlens.indexing.build import build_bundle
 from artlens.recognition.calibrate import calibrate_bundle
 from artlens.recognition.recognizer import Recognizer

@@ -3,10 +3,10 @@
 import cv2
 import numpy as np
 import pytest
-from artlens.verification import extract, prepare, verify
-from artlens.verification.geometry import degeneracy, project_corners
 
 from artlens.imaging import load_image, to_gray
+from artlens.verification import extract, prepare, verify
+from artlens.verification.geometry import degeneracy, project_corners
 
 from .conftest import SMVS, needs_shared
 
