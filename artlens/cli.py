@@ -207,14 +207,18 @@ def evaluate(
     queries: Annotated[Path, typer.Option(help="CSV image,expected (expected ';'-separated; empty = no match).")],
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+    shortlist: Annotated[str, typer.Option(help="auto | fused | global (DINOv2) | local (VLAD).")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write report.json here.")] = None,
 ) -> None:
     """Precision@1, recall, precision, false-positive rate and latency on labelled photos."""
     from artlens.eval.evaluate import evaluate as run_eval
-    from artlens.recognition.recognizer import Recognizer
+    from artlens.recognition.recognizer import SHORTLIST_MODES, Recognizer
 
+    if shortlist not in SHORTLIST_MODES:
+        console.print(f"[red]error:[/red] --shortlist must be one of {', '.join(SHORTLIST_MODES)}")
+        raise typer.Exit(2)
     with _errors():
-        recognizer = Recognizer(index, model)
+        recognizer = Recognizer(index, model, config={"shortlist": shortlist})
         _warn_if_random(recognizer.model_summary.pretrained)
         with _progress() as bars:
             task = bars.add_task("queries", total=None)

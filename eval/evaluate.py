@@ -68,6 +68,7 @@ def evaluate(recognizer: Recognizer, queries: str | Path, *, top_k: int | None =
         "queries": str(queries),
         "bundle": str(recognizer.bundle.path),
         "top_k": k,
+        "shortlist": recognizer.config["shortlist"],
         "threshold": result.threshold if ok else recognizer.threshold,
         "n_queries": len(details),
         "n_errors": len(details) - len(ok),

@@ -29,6 +29,7 @@ from artlens.verification import (
 from .calibration import Calibration
 from .results import Candidate, ModelSummary, Recognition
 
+SHORTLIST_MODES = ("auto", "fused", "global", "local")
 DEFAULT_CONFIG: dict = {
     "top_k": 10,  # shortlist verified per photo (docs/benchmarks.md: precision@1 and latency against K)
     # Which rankings make the shortlist: "fused" (DINOv2 and VLAD by reciprocal-rank fusion), "global"
@@ -81,10 +82,13 @@ class Recognizer:
                 raise ModelError(f"model directory {str(model_path)!r} not found; pass --model DIR"
                                  " (the model the bundle was built with)")
             embedder = Embedder(model_path, pooling=model_meta["pooling"])
-        if embedder.info.sha256 != model_meta["sha256"] or embedder.pooling != model_meta["pooling"]:
-            raise ModelError(f"model {embedder.model_dir} (sha256 {embedder.info.sha256[:12]}…, pooling"
-                             f" {embedder.pooling}) is not the one bundle {self.bundle.path} was built with"
-                             f" (sha256 {model_meta['sha256'][:12]}…, pooling {model_meta['pooling']})")
+        # The ONNX graph is size-independent, so the preprocessing recorded with it must match as well.
+        mismatch = [f"{key} {value!r} (bundle: {model_meta.get(key)!r})"
+                    for key, value in embedder.info.public().items()
+                    if key in ("sha256", "pooling", "input_size", "geometry") and value != model_meta.get(key)]
+        if mismatch:
+            raise ModelError(f"model {embedder.model_dir} is not the one bundle {self.bundle.path} was built with: "
+                             + "; ".join(mismatch) + ". Pass --model with the bundle's model, or rebuild the bundle")
         self.embedder = embedder
         self.feature_config = self.bundle.meta["features"]["config"]
         self.calibration = None

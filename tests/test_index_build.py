@@ -353,3 +353,17 @@ def test_recognizer_refuses_another_models_bundle(small_bundle, tiny_model, tmp_
     assert other_sha[:12] in message and bundle_sha[:12] in message
     # The model the bundle was built with is accepted (the bundle names its directory).
     assert Recognizer(small_bundle[0], require_calibration=False).model_summary.sha256 == bundle_sha
+
+
+def test_recognizer_refuses_same_weights_with_other_preprocessing(small_bundle, tmp_path):
+    from artlens.export.dinov2 import export_dinov2
+    from artlens.recognition.recognizer import Recognizer
+
+    other = tmp_path / "tiny-224"
+    export_dinov2("artlens/dinov2-tiny", other, random_init=True, seed=0, size=224)
+    # Same seed, same graph and weights (the ONNX file does not depend on the input size)…
+    other_sha = json.loads((other / "model.json").read_text())["onnx"]["sha256"]
+    assert other_sha == read_meta(small_bundle[0])["model"]["sha256"]
+    # …but photos would be preprocessed differently from the references: refused, naming the difference.
+    with pytest.raises(ModelError, match="input_size 224"):
+        Recognizer(small_bundle[0], other, require_calibration=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from . import geometry, matching
@@ -24,11 +23,9 @@ class Verification:
     matches: int
     inliers: int
     inlier_ratio: float
-    coverage: float  # fraction of the reference covered by the convex hull of the inliers
     homography: np.ndarray | None  # 3×3, reference pixels → photo pixels (analysed resolutions)
     outline: np.ndarray | None  # float [4, 2] corners TL, TR, BR, BL in [0, 1] photo coordinates (may overflow)
     rejected: str | None  # why the geometry was refused, None when it is plausible
-    inlier_query_idx: np.ndarray  # indices of the photo keypoints explained by this reference
 
     @property
     def plausible(self) -> bool:
@@ -45,26 +42,17 @@ def verify(query: LocalFeatures, query_desc: np.ndarray, ref: LocalFeatures, ref
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     match_fn = matching.match_binary if binary_method(query.method) else matching.match_float
     pairs = match_fn(query_desc, ref_desc, cfg["matching"])
-    empty = np.zeros(0, np.int32)
     if len(pairs) < cfg["min_matches"]:
-        return Verification(len(pairs), 0, 0.0, 0.0, None, None, "too few matches", empty)
+        return Verification(len(pairs), 0, 0.0, None, None, "too few matches")
     q_pts = query.keypoints[pairs[:, 0]]
     r_pts = ref.keypoints[pairs[:, 1]]
     H, inl = geometry.estimate_homography(r_pts, q_pts, query.image_size, cfg["geometry"])
     n_inl = int(inl.sum())
     if H is None or n_inl < 4:
-        return Verification(len(pairs), n_inl, n_inl / len(pairs), 0.0, None, None, "no homography", empty)
+        return Verification(len(pairs), n_inl, n_inl / len(pairs), None, None, "no homography")
     reason = geometry.degeneracy(H, ref.image_size, query.image_size, cfg["geometry"])
-    coverage = _hull_fraction(r_pts[inl], ref.image_size)
     quad = geometry.project_corners(H, ref.image_size) / np.array(query.image_size, dtype=np.float64)
     return Verification(
-        matches=len(pairs), inliers=n_inl, inlier_ratio=n_inl / len(pairs), coverage=coverage,
-        homography=H, outline=quad, rejected=reason, inlier_query_idx=pairs[inl, 0].astype(np.int32),
+        matches=len(pairs), inliers=n_inl, inlier_ratio=n_inl / len(pairs),
+        homography=H, outline=quad, rejected=reason,
     )
-
-
-def _hull_fraction(points: np.ndarray, size: tuple[int, int]) -> float:
-    if len(points) < 3:
-        return 0.0
-    hull = cv2.convexHull(points.astype(np.float32))
-    return float(cv2.contourArea(hull)) / float(size[0] * size[1])
