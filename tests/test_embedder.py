@@ -49,7 +49,7 @@ def test_geometries(tiny_model, tmp_path, geometry, expected):
 
 
 def test_model_dir_problems_are_clear(tmp_path, tiny_model):
-    with pytest.raises(ModelError, match="no model.json"):
+    with pytest.raises(ModelError, match=r"no model\.json"):
         Embedder(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
