@@ -6,7 +6,6 @@ Shared by the offline index build and online recognition, so both preprocess ide
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from artlens.errors import ModelError
+from artlens.hashing import file_sha256
 
 POOLINGS = ("gem", "cls", "cls+mean", "mean")
 GEOMETRIES = ("squash", "aspect", "center-crop")
@@ -76,14 +76,6 @@ def read_model_json(model_dir: Path) -> dict:
         if key not in meta:
             raise ModelError(f"{meta_path}: missing key {key!r}; re-export the model")
     return meta
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Embedder:

@@ -6,7 +6,6 @@ load (hub cache / local directory / random init) → trace to ONNX (dynamic batc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 
 from artlens.export.archs import KNOWN_ARCHITECTURES
 from artlens.export.errors import ExportError
+from artlens.hashing import file_sha256
 
 # Defaults, one place (hloc style). The CLI and callers override per export.
 CONFIG: dict[str, Any] = {
@@ -209,14 +209,6 @@ def _patch_size(value: Any) -> int:
     return int(value)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _versions(torch_version: str) -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -233,7 +225,7 @@ def _model_json(loaded: Any, cfg: Any, *, patch: int, size: int, geometry: str, 
 
     external = onnx_path.with_name(EXTERNAL_DATA_FILE)
     onnx_meta: dict[str, Any] = {
-        "file": onnx_path.name, "sha256": _sha256(onnx_path), "opset": opset, "precision": precision,
+        "file": onnx_path.name, "sha256": file_sha256(onnx_path), "opset": opset, "precision": precision,
         "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
         # additions beyond the contract
         "bytes": onnx_path.stat().st_size,
@@ -241,7 +233,7 @@ def _model_json(loaded: Any, cfg: Any, *, patch: int, size: int, geometry: str, 
         "external_data": None,
     }
     if external.exists():
-        onnx_meta["external_data"] = {"file": external.name, "sha256": _sha256(external),
+        onnx_meta["external_data"] = {"file": external.name, "sha256": file_sha256(external),
                                       "bytes": external.stat().st_size}
     return {
         "format": FORMAT,

@@ -16,7 +16,6 @@ Layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ import faiss
 import numpy as np
 
 from artlens.errors import BundleError
+from artlens.hashing import file_sha256
 from artlens.verification import LocalFeatures
 
 FORMAT = "artlens-bundle/1"
@@ -84,14 +84,6 @@ class Bundle:
         return self.meta.get("calibration")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddings: np.ndarray,
                        index: faiss.Index, features: ReferenceFeatures, vocabulary: np.ndarray,
                        local_index: faiss.Index) -> None:
@@ -113,7 +105,7 @@ def write_meta(directory: Path, meta: dict) -> None:
     """(Re)write bundle.json with fresh checksums of the data files; atomic by rename within the directory."""
     files = ["artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss"]
     files += [f"features/{f}" for f in FEATURE_FILES]
-    meta = {**meta, "format": FORMAT, "checksums": {f: sha256_of(directory / f) for f in files}}
+    meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
     tmp = directory / "bundle.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     os.replace(tmp, directory / "bundle.json")
@@ -168,7 +160,7 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
             file = path / name
             if not file.is_file():
                 raise BundleError(f"{path}: {name} is missing; rebuild the bundle")
-            if sha256_of(file) != expected:
+            if file_sha256(file) != expected:
                 raise BundleError(f"{path}: {name} does not match its checksum (corrupted or edited); rebuild it")
     try:
         artworks = json.loads((path / "artworks.json").read_text())

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from artlens.errors import BundleError, CollectionError, ModelError
+from artlens.hashing import file_sha256
 from artlens.indexing.build import build_bundle
-from artlens.indexing.bundle import FORMAT, load_bundle, read_meta, sha256_of
+from artlens.indexing.bundle import FORMAT, load_bundle, read_meta
 
 from .badimages import BAD_INPUTS, png_header_only
 from .conftest import SMVS, needs_shared, write_collection
@@ -66,7 +67,7 @@ def test_bundle_layout(small_bundle, tiny_model):
     model_json = json.loads((tiny_model / "model.json").read_text())
 
     assert meta["format"] == FORMAT
-    assert meta["model"]["sha256"] == model_json["onnx"]["sha256"] == sha256_of(tiny_model / "model.onnx")
+    assert meta["model"]["sha256"] == model_json["onnx"]["sha256"] == file_sha256(tiny_model / "model.onnx")
     assert meta["model"]["pretrained"] is False
     assert meta["model"]["id"] == "artlens/dinov2-tiny"
     assert meta["model"]["embedding_dim"] == model_json["embedding_dim"]
@@ -79,7 +80,7 @@ def test_bundle_layout(small_bundle, tiny_model):
     assert meta["collection"]["skipped"] == []
     assert set(meta["checksums"]) == DATA_FILES
     for name, digest in meta["checksums"].items():
-        assert sha256_of(out / name) == digest, name
+        assert file_sha256(out / name) == digest, name
 
     artworks = json.loads((out / "artworks.json").read_text())
     assert [a["object_id"] for a in artworks] == ["smvs-001", "smvs-003", "smvs-009", "smvs-019"]
