@@ -48,7 +48,7 @@ lint: venv
 # and the forward-vs-recognition benchmark. Results land in reports/.
 eval-smvs: venv model
 	$(BIN)/artlens index build --model $(MODEL) --collection $(SHARED)/data/smvs-museum/collection.csv --out bundles/smvs
-	$(BIN)/artlens eval --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --json reports/smvs-default-k.json
+	$(BIN)/artlens eval --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --json reports/smvs-k20.json
 	$(BIN)/artlens eval --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --top-k 91 --json reports/smvs-k91.json
 
 bench: eval-smvs

@@ -107,6 +107,9 @@ class Embedder:
             raise ModelError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise for operators
+        # ORT's idle threads spin after each run and starve the verification that follows on a small CPU:
+        # turning it off halved verify time on 2 cores (docs/benchmarks.md) without slowing the forward.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
