@@ -31,7 +31,7 @@ $(MODEL)/model.json: | venv
 demo: venv model
 	$(BIN)/artlens dataset met --out $(OUT)/met
 	$(BIN)/artlens index build --model $(MODEL) --collection $(OUT)/met/collection.csv --out $(OUT)/met-bundle
-	$(BIN)/artlens dataset simulate --collection $(OUT)/met/collection.csv --out $(OUT)/photos --count 6
+	$(BIN)/artlens dataset simulate --collection $(OUT)/met/collection.csv --out $(OUT)/photos --count 6 --seed 7
 	# …and, where ../shared is beside the repo, a building and a painting that are not in the Met collection (no match).
 	$(BIN)/artlens recognize --index $(OUT)/met-bundle $(OUT)/photos/*.jpg \
 	  $(wildcard $(SHARED)/data/smvs-museum/nomatch/landmark-001.jpg $(SHARED)/data/smvs-museum/query/001.jpg)
