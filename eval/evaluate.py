@@ -35,16 +35,14 @@ def evaluate(recognizer: Recognizer, queries: str | Path, *, top_k: int | None =
             details.append({"image": photo.name, "error": str(exc), "expected": _ids(photo.expected, artworks)})
             continue
         result = recognizer.decide(analysis, min_confidence=min_confidence, top_k=k)
-        ranked = sorted(([c.object_id, c.confidence, c.inliers] for c in
-                         [*result.matches, *([result.best_rejected] if result.best_rejected else [])]),
-                        key=lambda r: (-r[1], -r[2]))
-        # Top-ranked after verification ignoring the threshold: best confidence over the whole shortlist.
-        top_ranked = _top_ranked(recognizer, analysis)
+        # Top-ranked after verification, ignoring the threshold: best confidence over the whole shortlist.
+        ranked = recognizer.rank(analysis, result.threshold)
         expected = _ids(photo.expected, artworks)
         answers = [m.object_id for m in result.matches]
         details.append({
-            "image": photo.name, "expected": expected, "answers": answers, "top_ranked": top_ranked,
-            "top_confidence": ranked[0][1] if ranked else 0.0,
+            "image": photo.name, "expected": expected, "answers": answers,
+            "top_ranked": ranked[0].object_id if ranked else None,
+            "top_confidence": ranked[0].confidence if ranked else 0.0,
             "in_shortlist": any(c.row in photo.expected for c in analysis.candidates),
             "timings_ms": result.timings_ms,
         })
@@ -85,14 +83,6 @@ def evaluate(recognizer: Recognizer, queries: str | Path, *, top_k: int | None =
         "model": {"id": model.id, "pretrained": model.pretrained, "sha256": model.sha256},
         "details": details,
     }
-
-
-def _top_ranked(recognizer: Recognizer, analysis) -> str | None:
-    if not analysis.candidates or recognizer.calibration is None:
-        return None
-    conf = recognizer.calibration.confidence(np.stack([c.vector() for c in analysis.candidates]))
-    best = max(range(len(conf)), key=lambda i: (conf[i], analysis.candidates[i].verification.inliers))
-    return recognizer.bundle.artworks[analysis.candidates[best].row]["object_id"]
 
 
 def _ids(rows, artworks) -> list[str]:

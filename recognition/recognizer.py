@@ -179,18 +179,11 @@ class Recognizer:
 
     def decide(self, analysis: Analysis, *, min_confidence: float | None = None, top_k: int | None = None
                ) -> Recognition:
-        if self.calibration is None:
-            raise BundleError(f"{self.bundle.path}: bundle has no calibration; run `artlens calibrate`")
         t0 = time.perf_counter()
         threshold = self.threshold if min_confidence is None else float(min_confidence)
-        cands = analysis.candidates
-        conf = self.calibration.confidence(np.stack([c.vector() for c in cands])) if cands else np.zeros(0)
-        scored = [self._candidate(c, float(p), threshold) for c, p in zip(cands, conf, strict=True)]
-        order = sorted(range(len(scored)), key=lambda i: (-scored[i].confidence, -scored[i].inliers))
         accepted: list[Candidate] = []
         best_rejected: Candidate | None = None
-        for i in order:
-            cand = scored[i]
+        for cand in self.rank(analysis, threshold):
             if cand.verified and not any(_overlap(cand.outline, a.outline) > self.config["max_overlap"]
                                          for a in accepted):
                 accepted.append(cand)
@@ -206,6 +199,15 @@ class Recognizer:
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             image_size=list(analysis.decoded.original_size),
         )
+
+    def rank(self, analysis: Analysis, threshold: float) -> list[Candidate]:
+        """Every shortlisted candidate with its calibrated confidence, best first (ties: more inliers)."""
+        if self.calibration is None:
+            raise BundleError(f"{self.bundle.path}: bundle has no calibration; run `artlens calibrate`")
+        cands = analysis.candidates
+        conf = self.calibration.confidence(np.stack([c.vector() for c in cands])) if cands else np.zeros(0)
+        scored = [self._candidate(c, float(p), threshold) for c, p in zip(cands, conf, strict=True)]
+        return sorted(scored, key=lambda c: (-c.confidence, -c.inliers))
 
     def recognize(self, source: str | Path | bytes, *, top_k: int | None = None,
                   min_confidence: float | None = None, name: str | None = None) -> Recognition:
