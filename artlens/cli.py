@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -149,30 +150,37 @@ def recognize(
         except ArtlensError as exc:
             failed = True
             if as_json:
-                out.print_json(json.dumps({"photo": str(photo), "error": {"code": exc.code, "message": str(exc)}}))
+                _json_line({"photo": str(photo), "error": {"code": exc.code, "message": str(exc)}})
             else:
                 console.print(f"[red]error:[/red] {exc}", highlight=False)
             continue
         if as_json:
-            out.print(json.dumps({"photo": str(photo), **msgspec.to_builtins(result)}), soft_wrap=True,
-                      highlight=False)
+            _json_line({"photo": str(photo), **msgspec.to_builtins(result)})
         else:
             _print_result(str(photo), result)
     if failed:
         raise typer.Exit(2)
 
 
+def _json_line(obj: dict) -> None:
+    """One JSON object per line on stdout, untouched by rich (titles may contain '[…]')."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 def _print_result(photo: str, result) -> None:
+    photo = escape(photo)
     if result.status == "no_match":
         best = result.best_rejected
-        hint = (f" (best rejected: {best.object_id}, confidence {best.confidence:.3f}, {best.inliers} inliers"
+        hint = escape(f" (best rejected: {best.object_id}, confidence {best.confidence:.3f}, {best.inliers} inliers"
                 f"{', ' + best.rejected if best.rejected else ''})") if best else ""
-        out.print(f"{photo}: [yellow]no match[/yellow]{hint}  [{result.timings_ms['total']:.0f} ms]", highlight=False)
+        took = escape(f"[{result.timings_ms['total']:.0f} ms]")
+        out.print(f"{photo}: [yellow]no match[/yellow]{hint}  {took}", highlight=False)
         return
     for m in result.matches:
-        title = m.metadata.get("title", "")
-        out.print(f"{photo}: [green]{m.object_id}[/green] {title}  confidence {m.confidence:.3f},"
-                  f" {m.inliers} inliers, rank {m.retrieval_rank}  [{result.timings_ms['total']:.0f} ms]",
+        title = escape(m.metadata.get("title", ""))
+        out.print(f"{photo}: [green]{escape(m.object_id)}[/green] {title}  confidence {m.confidence:.3f},"
+                  f" {m.inliers} inliers, rank {m.retrieval_rank}  " + escape(f"[{result.timings_ms['total']:.0f} ms]"),
                   highlight=False)
 
 

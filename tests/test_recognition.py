@@ -80,3 +80,17 @@ def test_identical_references_do_not_answer_twice(tmp_path, tiny_model):
     result = Recognizer(tmp_path / "b").recognize(SMVS / "query" / "001.jpg")
     # One region of the photo is one artwork: the second, overlapping outline is dropped.
     assert [m.object_id for m in result.matches] in (["print-a"], ["print-b"])
+
+
+def test_cli_prints_titles_with_brackets_verbatim(smvs_bundle, capsys):
+    from artlens import cli
+
+    rec = Recognizer(smvs_bundle)  # a fresh copy: its metadata may be edited without touching other tests
+    row = next(i for i, a in enumerate(rec.bundle.artworks) if a["object_id"] == "smvs-001")
+    rec.bundle.artworks[row]["metadata"]["title"] = "[bold]Study[/bold] [untitled]"
+    result = rec.recognize(SMVS / "query" / "001.jpg")
+    cli._print_result("visitor [1].jpg", result)
+    printed = capsys.readouterr().out
+    assert "[bold]Study[/bold] [untitled]" in printed and "visitor [1].jpg" in printed
+    cli._json_line({"title": "[untitled]"})
+    assert capsys.readouterr().out == '{"title": "[untitled]"}\n'
