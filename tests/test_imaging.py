@@ -57,3 +57,12 @@ def test_max_side_reduces_large_jpeg():
     decoded = load_image(jpeg_bytes((1600, 1200)), max_side=800)
     assert max(decoded.rgb.shape[:2]) == 800
     assert decoded.original_size == (1600, 1200)
+
+
+def test_heic_from_iphones_decodes():
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(buf, "HEIF")
+    rgb = load_image(buf.getvalue(), name="IMG_0001.HEIC").rgb
+    assert rgb.shape == (48, 64, 3) and abs(int(rgb.mean()) - 120) < 6
