@@ -90,6 +90,7 @@ def index_build(
     target_fpr: Annotated[float, typer.Option(help="False-positive rate the threshold is chosen for.")] = 0.01,
 ) -> None:
     """Embed, extract local features, index and calibrate a collection into a bundle."""
+    from artlens.errors import BundleError
     from artlens.indexing.build import build_bundle
     from artlens.recognition.calibrate import calibrate_bundle
 
@@ -104,8 +105,12 @@ def index_build(
         def calibrate_staged(staging: Path) -> None:
             if calibrate:
                 task = bars.add_task("calibration", total=None)
-                calibrate_bundle(staging, config={"synthetic_photos": calibration_photos, "target_fpr": target_fpr},
-                                 progress=lambda d, t: bars.update(task, completed=d, total=t))
+                try:
+                    calibrate_bundle(staging, config={"synthetic_photos": calibration_photos,
+                                                      "target_fpr": target_fpr},
+                                     progress=lambda d, t: bars.update(task, completed=d, total=t))
+                except BundleError as exc:  # name the bundle being built, not its temporary directory
+                    raise BundleError(str(exc).replace(str(staging), str(out))) from None
 
         report = build_bundle(model, collection, out, strict=strict, progress=tick, before_commit=calibrate_staged)
     for line, reason in report.skipped:

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from artlens.errors import BundleError
 from artlens.indexing.bundle import read_meta, write_meta
 
 from .calibration import FEATURE_NAMES, RANDOM_INIT_FEATURES, Calibration, choose_threshold, fit, select_features
@@ -153,6 +154,12 @@ def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = 
         photos = synthetic_photos(recognizer, cfg["synthetic_photos"], cfg["seed"])
         source = f"{len(photos)} simulated visitor photos of the collection (seed {cfg['seed']})"
     per_photo = collect_evidence(recognizer, photos, k, progress)
+    labels = np.concatenate([c for _, c, _, _ in per_photo]) if per_photo else np.zeros(0, bool)
+    if labels.all() or not labels.any():
+        what = "no wrong candidate" if labels.size and labels.all() else "no correct candidate"
+        raise BundleError(f"{bundle_path}: cannot calibrate: the {len(photos)} labelled photos gave {what}"
+                          f" ({len(recognizer.bundle.artworks)} artwork(s) in the bundle); calibration needs at least"
+                          " 2 artworks and photos of some of them")
     features = FEATURE_NAMES if recognizer.embedder.info.pretrained else RANDOM_INIT_FEATURES
     calibration = fit_calibration(per_photo, target_fpr=cfg["target_fpr"], l2=cfg["l2"], source=source,
                                   features=features)

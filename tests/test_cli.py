@@ -268,3 +268,20 @@ def test_export_without_weights_fails_fast(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--random-init" in result.stderr and "facebook/dinov2-small" in result.stderr
     assert not out.exists()
+
+
+def test_index_build_of_a_single_artwork_explains_why_it_cannot_calibrate(tiny_model, tmp_path):
+    row = {"object_id": "only", "image": str(SMVS / "reference" / "001.jpg")}
+    csv_path = write_collection(tmp_path / "one.csv", [row])
+    out = tmp_path / "bundle"
+    result = run("index", "build", "--model", tiny_model, "--collection", csv_path, "--out", out,
+                 "--calibration-photos", "2")
+    assert result.exit_code == 2, result.output
+    stderr = squeeze(result.stderr)
+    assert "atleast2artworks" in stderr and squeeze(str(out)) in stderr and "building" not in stderr
+    assert not out.exists() and not list(tmp_path.glob(".bundle.building-*"))
+    # Without calibration the bundle is built, and recognition says what is missing.
+    assert run("index", "build", "--model", tiny_model, "--collection", csv_path, "--out", out,
+               "--no-calibrate").exit_code == 0
+    refused = run("recognize", "--index", out, SMVS / "query" / "001.jpg")
+    assert refused.exit_code == 2 and "calibrate" in refused.stderr and "Traceback" not in refused.output
