@@ -37,11 +37,6 @@ class DecodedImage:
     rgb: np.ndarray
     original_size: tuple[int, int]  # (width, height) at full resolution, upright
 
-    @property
-    def scale(self) -> float:
-        """Factor from full-resolution pixels to ``rgb`` pixels (< 1 when decoded reduced)."""
-        return self.rgb.shape[1] / self.original_size[0]
-
 
 def load_image(
     source: str | Path | bytes,

@@ -7,7 +7,7 @@ callers can normalise. Descriptors are stored compactly (uint8) and turned into 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -27,7 +27,6 @@ class LocalFeatures:
     descriptors: np.ndarray  # uint8 [N, D]
     image_size: tuple[int, int]  # (width, height) of the analysed image
     method: str = "rootsift"
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
