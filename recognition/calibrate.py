@@ -59,7 +59,18 @@ def simulate_visitor_photo(rgb: np.ndarray, rng: np.random.Generator, out_side: 
     wall = rng.uniform(110, 235) + rng.uniform(-12, 12, size=3)  # muted gallery walls: greys, creams
     photo = cv2.warpPerspective(rgb, H, (photo_w, photo_h), flags=cv2.INTER_AREA,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(v) for v in wall))
-    img = photo.astype(np.float32)
+    return phone_effects(photo.astype(np.float32), rng)
+
+
+def phone_effects(img: np.ndarray, rng: np.random.Generator) -> bytes:
+    """What a phone adds to a framed view: white balance, exposure, sometimes spotlight glare, blur, noise and
+    JPEG compression. ``img`` is float32 RGB ``[H, W, 3]`` in 0…255 (may be modified in place); returns JPEG
+    bytes. Deterministic for a given ``rng`` state.
+
+    Shared by :func:`simulate_visitor_photo` and the detail photos of ``artlens.eval.details``; the order of
+    the ``rng`` draws is part of the contract (calibration, and so every bundle's threshold, depends on it).
+    """
+    photo_h, photo_w = img.shape[:2]
     img *= rng.uniform(0.85, 1.15, size=3) * rng.uniform(0.6, 1.25)  # white balance and exposure
     img += rng.uniform(-20, 20)
     if rng.random() < 0.4:  # glare from a gallery spotlight
