@@ -52,7 +52,7 @@ eval-smvs: venv model
 	$(BIN)/artlens eval --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --top-k 91 --json reports/smvs-k91.json
 
 bench: eval-smvs
-	$(BIN)/artlens bench --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --json reports/bench.json
+	$(BIN)/artlens bench recognition --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --json reports/bench.json
 
 clean:
 	rm -rf $(OUT) bundles reports .pytest_cache

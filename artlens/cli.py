@@ -30,6 +30,9 @@ index_app = typer.Typer(help="Build index bundles from a collection.", no_args_i
 app.add_typer(index_app, name="index")
 dataset_app = typer.Typer(help="Prepare evaluation and demo data.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
+bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, with the machine described.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 out = Console()
 
@@ -263,8 +266,8 @@ def _print_report(report: dict) -> None:
     out.print(table)
 
 
-@app.command()
-def bench(
+@bench_app.command("recognition")
+def bench_recognition(
     index: Annotated[Path, typer.Option(help="Bundle directory.")],
     queries: Annotated[Path, typer.Option(help="CSV image,expected: the photos to time.")],
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
@@ -273,14 +276,14 @@ def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write bench.json here.")] = None,
 ) -> None:
     """Bare ONNX forward vs full recognition, side by side in one run."""
-    from artlens.eval.bench import bench_recognition
+    from artlens.eval.bench import bench_recognition as run_bench
     from artlens.recognition.recognizer import Recognizer
 
     with _errors():
         recognizer = Recognizer(index, model)
         with _progress() as bars:
             task = bars.add_task("timing", total=None)
-            result = bench_recognition(recognizer, queries, top_k=top_k, repeat=repeat,
+            result = run_bench(recognizer, queries, top_k=top_k, repeat=repeat,
                                        progress=lambda d, t: bars.update(task, completed=d, total=t))
     table = Table(title=f"recognition vs bare model forward (K={result['top_k']}, {result['machine']['cpu']})")
     table.add_column("")

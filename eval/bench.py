@@ -1,4 +1,4 @@
-"""`artlens bench`: the bare ONNX forward pass and full recognition timed side by side, photo by photo."""
+"""`artlens bench recognition`: the bare ONNX forward pass and full recognition timed side by side, photo by photo."""
 
 from __future__ import annotations
 

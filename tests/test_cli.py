@@ -234,7 +234,8 @@ def test_eval_report(smvs_bundle, queries_csv, tmp_path):
 
 def test_bench_report(smvs_bundle, queries_csv, tmp_path):
     bench_path = tmp_path / "bench.json"
-    result = run("bench", "--index", smvs_bundle, "--queries", queries_csv, "--repeat", "1", "--json", bench_path)
+    result = run("bench", "recognition", "--index", smvs_bundle, "--queries", queries_csv, "--repeat", "1",
+                 "--json", bench_path)
     assert result.exit_code == 0, result.output
     bench = json.loads(bench_path.read_text())
     assert bench["n_photos"] == 5 and bench["repeat"] == 1
@@ -250,7 +251,7 @@ def test_bench_missing_photo_is_a_clear_error(smvs_bundle, tmp_path):
     missing = tmp_path / "gone.jpg"
     queries = write_collection(tmp_path / "q.csv", [{"image": str(SMVS / "query" / "001.jpg"), "expected": ""},
                                                     {"image": str(missing), "expected": ""}])
-    result = run("bench", "--index", smvs_bundle, "--queries", queries, "--repeat", "1")
+    result = run("bench", "recognition", "--index", smvs_bundle, "--queries", queries, "--repeat", "1")
     assert result.exit_code == 2
     stderr = squeeze(result.stderr)
     assert squeeze(str(missing)) in stderr and "notfound" in stderr
