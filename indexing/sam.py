@@ -71,6 +71,10 @@ class SamModel:
         if per_prompt is None:
             per_prompt = iou.shape[1] if isinstance(iou.shape[1], int) else 3
         self.image_size = int(meta.get("image_size", IMAGE_SIZE))
+        # low-resolution mask prompt: 4× the embedding grid (256×256 for SAM's 1024 input)
+        mask_in = next(i for i in self.decoder.get_inputs() if i.name == "mask_input").shape[-2:]
+        fixed_mask_in = all(isinstance(v, int) for v in mask_in)
+        self.mask_input_size = tuple(meta.get("mask_input_size") or (mask_in if fixed_mask_in else (256, 256)))
         self.pixel_mean = np.asarray(meta.get("pixel_mean", PIXEL_MEAN), np.float32)
         self.pixel_std = np.asarray(meta.get("pixel_std", PIXEL_STD), np.float32)
         digest = "".join(file_sha256(p) for p in (enc_path, dec_path))
@@ -82,7 +86,8 @@ class SamModel:
         return self.image_size / max(height, width)
 
     def encode(self, rgb: np.ndarray) -> np.ndarray:
-        """Image embedding [1, 256, 64, 64] of an RGB uint8 image (longest side resized to 1024, padded)."""
+        """Image embedding [1, 256, 64, 64] of an RGB uint8 image (longest side resized to 1024, padded; other
+        sizes as the model's ``image_size`` says)."""
         h, w = rgb.shape[:2]
         s = self.scale(h, w)
         nh, nw = int(h * s + 0.5), int(w * s + 0.5)
@@ -100,7 +105,7 @@ class SamModel:
         """
         step = batch if self.info.prompt_batch else 1
         masks, ious = [], []
-        fixed = {"image_embeddings": embedding, "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        fixed = {"image_embeddings": embedding, "mask_input": np.zeros((1, 1, *self.mask_input_size), np.float32),
                  "has_mask_input": np.zeros(1, np.float32),
                  "orig_im_size": np.array(out_size, np.float32)}
         for start in range(0, len(points), step):
