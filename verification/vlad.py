@@ -3,9 +3,17 @@
 The visual vocabulary is learnt per bundle by k-means on the references' own descriptors. Residuals are
 power-normalised and intra-normalised (Arandjelović & Zisserman, "All about VLAD"), then L2-normalised, so
 inner product ranks references by how much of their local appearance a photo shares.
+
+The raw VLAD (words × 128 = 16k dims) is then reduced by PCA with whitening and L2-normalised again (Jégou & Chum,
+"Negative evidences and co-occurrences in image retrieval", ECCV 2012): whitening down-weights the directions
+that bursty, frequent structures (frame edges, canvas texture) dominate, and the compact vector (``compact``)
+is 128× smaller. The PCA is learnt per bundle on the references' VLADs of the whole image and of overlapping
+regions (the regions :func:`regions` gives queries too), so there are several samples per artwork.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -15,7 +23,26 @@ DEFAULT_CONFIG: dict = {
     "train_sample": 200_000,
     "iterations": 20,
     "seed": 1,
+    # PCA-whitened compact VLAD (0 keeps the raw VLAD): SMVS/Estense/Met shortlist recall in docs/benchmarks.md.
+    "pca_dims": 128,
+    "whiten_power": 0.5,  # eigenvalue^-power: 0.5 is full whitening, 0 plain PCA
 }
+
+# Regions of an image whose VLADs the shortlist uses besides the whole one: 4 overlapping quadrants of 60 % and the
+# centre (x0, y0, x1, y1 as fractions). A painting that fills a small part of a gallery-wall photo dominates one.
+REGIONS = ((0, 0, .6, .6), (.4, 0, 1, .6), (0, .4, .6, 1), (.4, .4, 1, 1), (.2, .2, .8, .8))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """PCA(-whitening) of raw VLADs: ``compact = l2(matrix @ (vlad - mean))``."""
+
+    mean: np.ndarray  # float32 [words * D]
+    matrix: np.ndarray  # float32 [dims, words * D]
+
+    @property
+    def dims(self) -> int:
+        return int(self.matrix.shape[0])
 
 
 def train_vocabulary(descriptors: np.ndarray, config: dict | None = None) -> np.ndarray:
@@ -42,3 +69,80 @@ def aggregate(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     flat = out.ravel()
     return flat / max(float(np.linalg.norm(flat)), 1e-12)
+
+
+def region_masks(keypoints: np.ndarray, image_size: tuple[int, int], min_keypoints: int = 20) -> list[np.ndarray]:
+    """Keypoint masks: the whole image, then each of :data:`REGIONS` holding at least ``min_keypoints``."""
+    n = len(keypoints)
+    masks = [np.ones(n, dtype=bool)]
+    if n == 0:
+        return masks
+    w, h = image_size
+    x, y = keypoints[:, 0] / w, keypoints[:, 1] / h
+    for x0, y0, x1, y1 in REGIONS:
+        mask = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+        if mask.sum() >= min_keypoints:
+            masks.append(mask)
+    return masks
+
+
+def fit_projection(vlads: np.ndarray, config: dict | None = None) -> Projection | None:
+    """PCA(-whitening) learnt on raw VLADs [N, words * D]; None when ``pca_dims`` is 0 or there are too few."""
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    if not cfg["pca_dims"] or len(vlads) < 3:
+        return None
+    x = np.asarray(vlads, dtype=np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    # Eigen-decomposition of the N × N Gram matrix: N (samples) is far below the VLAD dimension.
+    lam, vec = np.linalg.eigh(centred @ centred.T)
+    keep = np.argsort(-lam)[: min(cfg["pca_dims"], len(x) - 1)]
+    lam, vec = np.maximum(lam[keep], 1e-12), vec[:, keep]
+    directions = (centred.T @ vec) / np.sqrt(lam)  # unit principal directions [words * D, dims]
+    variance = lam / len(x)
+    matrix = (directions / variance ** cfg["whiten_power"]).T
+    return Projection(mean.astype(np.float32), np.ascontiguousarray(matrix, dtype=np.float32))
+
+
+def compact(vlads: np.ndarray, projection: Projection | None) -> np.ndarray:
+    """Raw VLAD(s) [..., words * D] → L2-normalised compact vector(s) [..., dims] (unchanged without projection).
+
+    The compact space is what the bundle's VLAD index holds; use it for any further VLAD vectors (segments, …).
+    """
+    v = np.asarray(vlads, dtype=np.float32)
+    if projection is None:
+        return v
+    y = (v - projection.mean) @ projection.matrix.T
+    return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def encode(descriptors: np.ndarray, vocabulary: np.ndarray, projection: Projection | None) -> np.ndarray:
+    """Matching-space descriptors of one image (or segment) → its compact VLAD [dims]."""
+    return compact(aggregate(descriptors, vocabulary), projection)
+
+
+def projection_index(projection: Projection | None, index: faiss.Index) -> faiss.Index:
+    """Wrap an index of compact VLADs so that it is searched with raw VLADs: FAISS applies the projection and the
+    L2 normalisation, and stores them with the index (one file, and bundles without a projection still work)."""
+    if projection is None:
+        return index
+    dims, dim = projection.matrix.shape
+    linear = faiss.LinearTransform(dim, dims, True)
+    faiss.copy_array_to_vector(projection.matrix.ravel(), linear.A)
+    faiss.copy_array_to_vector(-(projection.matrix @ projection.mean), linear.b)
+    linear.is_trained = True
+    wrapped = faiss.IndexPreTransform(faiss.NormalizationTransform(dims, 2.0), index)
+    wrapped.prepend_transform(linear)
+    return wrapped
+
+
+def index_projection(index: faiss.Index) -> Projection | None:
+    """The projection stored by :func:`projection_index` (None for a raw-VLAD index)."""
+    if not isinstance(index, faiss.IndexPreTransform):
+        return None
+    linear = faiss.downcast_VectorTransform(index.chain.at(0))
+    dims, dim = linear.d_out, linear.d_in
+    matrix = faiss.vector_to_array(linear.A).reshape(dims, dim)
+    bias = faiss.vector_to_array(linear.b)
+    mean = np.linalg.lstsq(matrix, -bias, rcond=None)[0]  # a mean that reproduces the bias (the row-space part)
+    return Projection(mean.astype(np.float32), matrix)
