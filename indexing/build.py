@@ -165,7 +165,8 @@ def _local_shortlist_index(features: bundle_io.ReferenceFeatures, vlad_cfg: dict
         whole.append(vlad_aggregate(desc, vocabulary))
         regional.extend(vlad_aggregate(desc[m], vocabulary) for m in masks[1:])
     vectors = np.stack(whole)
-    projection = fit_vlad_projection(np.concatenate([vectors, np.stack(regional)]) if regional else vectors, vlad_cfg)
+    samples = np.concatenate([vectors, np.stack(regional)]) if regional else vectors
+    projection = fit_vlad_projection(samples, len(vocabulary), vlad_cfg)
     inner, desc = vector_index.build_index(vlad_compact(vectors, projection), index_cfg)
     index = vlad_projection_index(projection, inner)
     desc.update(method="vlad", words=int(vocabulary.shape[0]), vlad=vlad_cfg,

@@ -88,8 +88,8 @@ def test_compact_vlad_index_is_searched_with_raw_vlads_and_keeps_its_projection(
         vlad_aggregate,
         vlad_compact,
         vlad_encode,
-        vlad_index_projection,
         vlad_projection_index,
+        vlad_split_index,
     )
 
     rng = np.random.default_rng(0)
@@ -98,9 +98,9 @@ def test_compact_vlad_index_is_searched_with_raw_vlads_and_keeps_its_projection(
     descs = [(d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32) for d in descs]
     vocabulary = train_vocabulary(np.concatenate(descs), {"words": 16})
     raw = np.stack([vlad_aggregate(d, vocabulary) for d in descs])
-    projection = fit_vlad_projection(raw, {"pca_dims": 8})
+    projection = fit_vlad_projection(raw, 16, {"pca_dims": 8})
     assert projection.matrix.shape == (8, 16 * 128)
-    whitened = (raw - projection.mean) @ projection.matrix.T
+    whitened = raw @ projection.matrix.T + projection.bias
     assert np.allclose(np.cov(whitened, rowvar=False, bias=True), np.eye(8), atol=1e-3)  # whitened: unit variance
     compact = vlad_compact(raw, projection)
     assert compact.shape == (30, 8) and np.allclose(np.linalg.norm(compact, axis=1), 1, atol=1e-5)
@@ -111,5 +111,9 @@ def test_compact_vlad_index_is_searched_with_raw_vlads_and_keeps_its_projection(
     index = faiss.read_index(str(tmp_path / "vlad.faiss"))
     sims, rows = index.search(raw[:5], 3)  # raw VLADs in, the stored projection applied by the index
     assert rows[:, 0].tolist() == [0, 1, 2, 3, 4] and np.allclose(sims[:, 0], 1, atol=1e-4)
-    assert np.allclose(vlad_compact(raw, vlad_index_projection(index)), compact, atol=1e-4)
-    assert fit_vlad_projection(raw, {"pca_dims": 0}) is None and np.array_equal(vlad_compact(raw, None), raw)
+    stored, inner = vlad_split_index(index, 16)
+    assert inner.ntotal == 30 and np.allclose(vlad_compact(raw, stored), compact, atol=1e-4)
+    direct = raw[:2] @ projection.matrix.T + projection.bias  # compact() computes this word by word
+    assert np.allclose(vlad_compact(raw[:2], projection), direct / np.linalg.norm(direct, axis=1, keepdims=True),
+                       atol=1e-5)
+    assert fit_vlad_projection(raw, 16, {"pca_dims": 0}) is None and np.array_equal(vlad_compact(raw, None), raw)

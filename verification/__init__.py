@@ -13,13 +13,13 @@ from .vlad import aggregate as vlad_aggregate
 from .vlad import compact as vlad_compact
 from .vlad import encode as vlad_encode
 from .vlad import fit_projection as fit_vlad_projection
-from .vlad import index_projection as vlad_index_projection
 from .vlad import projection_index as vlad_projection_index
 from .vlad import region_masks as vlad_region_masks
+from .vlad import split_index as vlad_split_index
 from .vlad import train_vocabulary
 
 __all__ = [
     "FEATURE_CONFIG", "VERIFY_CONFIG", "VLAD_CONFIG", "LocalFeatures", "Verification", "VladProjection", "extract",
     "fit_vlad_projection", "matching_space", "prepare", "train_vocabulary", "verify", "vlad_aggregate", "vlad_compact",
-    "vlad_encode", "vlad_index_projection", "vlad_projection_index", "vlad_region_masks",
+    "vlad_encode", "vlad_projection_index", "vlad_region_masks", "vlad_split_index",
 ]

@@ -14,6 +14,7 @@ regions (the regions :func:`regions` gives queries too), so there are several sa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import faiss
 import numpy as np
@@ -35,14 +36,21 @@ REGIONS = ((0, 0, .6, .6), (.4, 0, 1, .6), (0, .4, .6, 1), (.4, .4, 1, 1), (.2, 
 
 @dataclass(frozen=True)
 class Projection:
-    """PCA(-whitening) of raw VLADs: ``compact = l2(matrix @ (vlad - mean))``."""
+    """PCA(-whitening) of raw VLADs: ``compact = l2(matrix @ vlad + bias)`` (bias = -matrix @ mean)."""
 
-    mean: np.ndarray  # float32 [words * D]
     matrix: np.ndarray  # float32 [dims, words * D]
+    bias: np.ndarray  # float32 [dims]
+    words: int
 
     @property
     def dims(self) -> int:
         return int(self.matrix.shape[0])
+
+    @cached_property
+    def blocks(self) -> np.ndarray:
+        """The matrix as one [D, dims] block per visual word, float32 [words, D, dims] (see :func:`compact`)."""
+        dims, dim = self.matrix.shape
+        return np.ascontiguousarray(self.matrix.reshape(dims, self.words, dim // self.words).transpose(1, 2, 0))
 
 
 def train_vocabulary(descriptors: np.ndarray, config: dict | None = None) -> np.ndarray:
@@ -86,7 +94,7 @@ def region_masks(keypoints: np.ndarray, image_size: tuple[int, int], min_keypoin
     return masks
 
 
-def fit_projection(vlads: np.ndarray, config: dict | None = None) -> Projection | None:
+def fit_projection(vlads: np.ndarray, words: int, config: dict | None = None) -> Projection | None:
     """PCA(-whitening) learnt on raw VLADs [N, words * D]; None when ``pca_dims`` is 0 or there are too few."""
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     if not cfg["pca_dims"] or len(vlads) < 3:
@@ -100,8 +108,8 @@ def fit_projection(vlads: np.ndarray, config: dict | None = None) -> Projection 
     lam, vec = np.maximum(lam[keep], 1e-12), vec[:, keep]
     directions = (centred.T @ vec) / np.sqrt(lam)  # unit principal directions [words * D, dims]
     variance = lam / len(x)
-    matrix = (directions / variance ** cfg["whiten_power"]).T
-    return Projection(mean.astype(np.float32), np.ascontiguousarray(matrix, dtype=np.float32))
+    matrix = np.ascontiguousarray((directions / variance ** cfg["whiten_power"]).T, dtype=np.float32)
+    return Projection(matrix, (-(matrix @ mean)).astype(np.float32), int(words))
 
 
 def compact(vlads: np.ndarray, projection: Projection | None) -> np.ndarray:
@@ -112,8 +120,13 @@ def compact(vlads: np.ndarray, projection: Projection | None) -> np.ndarray:
     v = np.asarray(vlads, dtype=np.float32)
     if projection is None:
         return v
-    y = (v - projection.mean) @ projection.matrix.T
-    return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+    flat = v.reshape(-1, v.shape[-1])
+    # One small product per visual word, summed, instead of one [dims, 16k] product: each stays below BLAS's
+    # multi-threading threshold, so a few query vectors cost the same on a busy server as on an idle one.
+    per_word = flat.reshape(len(flat), projection.words, -1).transpose(1, 0, 2)
+    y = np.matmul(per_word, projection.blocks).sum(axis=0) + projection.bias
+    y /= np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+    return y.reshape(*v.shape[:-1], projection.dims).astype(np.float32)
 
 
 def encode(descriptors: np.ndarray, vocabulary: np.ndarray, projection: Projection | None) -> np.ndarray:
@@ -122,27 +135,26 @@ def encode(descriptors: np.ndarray, vocabulary: np.ndarray, projection: Projecti
 
 
 def projection_index(projection: Projection | None, index: faiss.Index) -> faiss.Index:
-    """Wrap an index of compact VLADs so that it is searched with raw VLADs: FAISS applies the projection and the
-    L2 normalisation, and stores them with the index (one file, and bundles without a projection still work)."""
+    """Store the projection with an index of compact VLADs, in one FAISS file: FAISS applies the projection and the
+    L2 normalisation when it is searched with raw VLADs. Bundles without a projection hold raw VLADs."""
     if projection is None:
         return index
     dims, dim = projection.matrix.shape
     linear = faiss.LinearTransform(dim, dims, True)
     faiss.copy_array_to_vector(projection.matrix.ravel(), linear.A)
-    faiss.copy_array_to_vector(-(projection.matrix @ projection.mean), linear.b)
+    faiss.copy_array_to_vector(projection.bias, linear.b)
     linear.is_trained = True
     wrapped = faiss.IndexPreTransform(faiss.NormalizationTransform(dims, 2.0), index)
     wrapped.prepend_transform(linear)
     return wrapped
 
 
-def index_projection(index: faiss.Index) -> Projection | None:
-    """The projection stored by :func:`projection_index` (None for a raw-VLAD index)."""
+def split_index(index: faiss.Index, words: int) -> tuple[Projection | None, faiss.Index]:
+    """(projection, index of compact VLADs) from a :func:`projection_index` index; (None, index) for raw VLADs.
+    Searching the inner index with :func:`compact` vectors is what the recognizer does (see ``compact`` on threads).
+    """
     if not isinstance(index, faiss.IndexPreTransform):
-        return None
+        return None, index
     linear = faiss.downcast_VectorTransform(index.chain.at(0))
-    dims, dim = linear.d_out, linear.d_in
-    matrix = faiss.vector_to_array(linear.A).reshape(dims, dim)
-    bias = faiss.vector_to_array(linear.b)
-    mean = np.linalg.lstsq(matrix, -bias, rcond=None)[0]  # a mean that reproduces the bias (the row-space part)
-    return Projection(mean.astype(np.float32), matrix)
+    matrix = faiss.vector_to_array(linear.A).reshape(linear.d_out, linear.d_in)
+    return Projection(matrix, faiss.vector_to_array(linear.b), int(words)), faiss.downcast_index(index.index)
