@@ -200,8 +200,9 @@ class Recognizer:
         votes, segment = analysis.segment_votes, None
         if votes is not None and row in votes.best:
             voted = votes.best[row]
-            ver, _ = self.segments.verify_region(analysis.query_features, analysis.query_descriptors, ref, ref_desc,
-                                                 voted, ver, self.config["verify"])
+            if row in votes.region_rows:
+                ver, _ = self.segments.verify_region(analysis.query_features, analysis.query_descriptors, ref,
+                                                     ref_desc, voted, ver, self.config["verify"])
             segment = self.segments.shown_segment(row, voted, ver, analysis.query_features.image_size)
         return Evidence(row, rank, similarity, ver, segment)
 

@@ -31,6 +31,7 @@ DEFAULT_CONFIG: dict = {
     "enabled": True,  # False: a bundle's segments are ignored (whole-image-only recognition, for comparisons)
     "top_k": 30,  # segment hits taken per query descriptor (whole photo and each VLAD region)
     "slots": 5,  # the segment ranking's best artworks are verified even beyond the shortlist's K
+    "region_verify": 10,  # the segment rankings' best artworks are also verified against their segment's region
     "region_margin": 0.25,  # a segment's bbox grows by this fraction of its size on each side for verification
     "min_region_keypoints": 24,  # fewer reference keypoints there: verify against the whole reference only
     "detail_fraction": 0.6,  # a verified match shows a detail when less than this share of the artwork is in view
@@ -45,6 +46,7 @@ class SegmentVotes:
 
     rankings: list[list[int]]  # artwork rows, best first: one list per searched index
     best: dict[int, int] = field(default_factory=dict)  # artwork row → its best-scoring segment
+    region_rows: set[int] = field(default_factory=set)  # rows verified against their segment's region as well
 
     def extra_rows(self, shortlist: list[int], slots: int) -> list[int]:
         """The segment rankings' best ``slots`` artworks that the shortlist does not hold yet."""
@@ -87,7 +89,8 @@ class SegmentSearch:
             rankings.append(sorted(dino_best, key=lambda r: -dino_best[r][0]))
             for row, (_, seg) in dino_best.items():
                 best.setdefault(row, seg)
-        return SegmentVotes(rankings, best)
+        top = int(self.cfg["region_verify"])
+        return SegmentVotes(rankings, best, {row for ranking in rankings for row in ranking[:top]})
 
     def _best_per_artwork(self, scores: np.ndarray, ids: np.ndarray) -> dict[int, tuple[float, int]]:
         best: dict[int, tuple[float, int]] = {}
