@@ -216,9 +216,10 @@ def _print_result(photo: str, result) -> None:
         return
     for m in result.matches:
         title = escape(m.metadata.get("title", ""))
+        detail = escape(f"  detail: segment {m.segment.id}") if getattr(m, "segment", None) else ""
         out.print(f"{photo}: [green]{escape(m.object_id)}[/green] {title}  confidence {m.confidence:.3f},"
-                  f" {m.inliers} inliers, rank {m.retrieval_rank}  " + escape(f"[{result.timings_ms['total']:.0f} ms]"),
-                  highlight=False)
+                  f" {m.inliers} inliers, rank {m.retrieval_rank}{detail}  "
+                  + escape(f"[{result.timings_ms['total']:.0f} ms]"), highlight=False)
 
 
 @app.command()
