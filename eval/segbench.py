@@ -353,6 +353,8 @@ def bench_recall(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress
         bundles[name] = path
     whole = _eval(bundles["whole_only"], queries, model_dir, None, progress, "whole-only")
     seg = _eval(bundles["segments"], queries, model_dir, None, progress, "segments")
+    for name, report in (("whole_only", whole), ("segments", seg)):  # per-query answers, for looking into misses
+        (work / f"eval-{name}-{n_art}.json").write_text(json.dumps(report, indent=1))
     target = cfg["target_fpr"]
     result = {
         "collection": str(collection), "artworks": n_art, "queries": str(queries),
