@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[export,dev]'
+	$(BIN)/pip install --quiet -e '.[export,dev,eval]'
 	touch $@
 
 # Pretrained DINOv2 ViT-S/14 where a model hub is reachable; otherwise the same architecture, random-init

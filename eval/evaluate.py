@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from artlens.errors import ArtlensError
+from artlens.recognition.calibrate import LabelledPhoto
 from artlens.recognition.recognizer import Recognizer
 
 from .queries import labelled_photos
@@ -24,7 +25,15 @@ def evaluate(recognizer: Recognizer, queries: str | Path, *, top_k: int | None =
              min_confidence: float | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict:
     """Metrics as defined in README.md#evaluation; per-query details included for debugging."""
-    photos = labelled_photos(queries, recognizer.bundle)
+    return evaluate_photos(recognizer, labelled_photos(queries, recognizer.bundle), top_k=top_k,
+                           min_confidence=min_confidence, progress=progress, source=str(queries))
+
+
+def evaluate_photos(recognizer: Recognizer, photos: list[LabelledPhoto], *, top_k: int | None = None,
+                    min_confidence: float | None = None, progress: Callable[[int, int], None] | None = None,
+                    source: str = "") -> dict:
+    """:func:`evaluate` on labelled photos already resolved to bundle rows."""
+    queries = source
     k = int(top_k or recognizer.config["top_k"])
     artworks = recognizer.bundle.artworks
     details, totals, stage_times = [], [], {}
@@ -39,11 +48,17 @@ def evaluate(recognizer: Recognizer, queries: str | Path, *, top_k: int | None =
         ranked = recognizer.rank(analysis, result.threshold)
         expected = _ids(photo.expected, artworks)
         answers = [m.object_id for m in result.matches]
+        # Shortlist judged on its own (recall@K before verification) and the evidence of the right artwork.
+        ranks = [c.rank for c in analysis.candidates if c.row in photo.expected]
+        right = [c.verification.inliers for c in analysis.candidates if c.row in photo.expected]
         details.append({
             "image": photo.name, "expected": expected, "answers": answers,
             "top_ranked": ranked[0].object_id if ranked else None,
             "top_confidence": ranked[0].confidence if ranked else 0.0,
-            "in_shortlist": any(c.row in photo.expected for c in analysis.candidates),
+            "in_shortlist": bool(ranks),
+            "shortlist_rank": min(ranks) if ranks else None,
+            "top_inliers": ranked[0].inliers if ranked else 0,
+            "expected_inliers": max(right) if right else None,
             "timings_ms": result.timings_ms,
         })
         totals.append(result.timings_ms["total"])
@@ -63,7 +78,7 @@ def evaluate(recognizer: Recognizer, queries: str | Path, *, top_k: int | None =
     returned_right = sum(len(set(d["answers"]) & set(d["expected"])) for d in answered)
     model = recognizer.model_summary
     return {
-        "queries": str(queries),
+        "queries": queries,
         "bundle": str(recognizer.bundle.path),
         "top_k": k,
         "shortlist": recognizer.config["shortlist"],

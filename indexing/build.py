@@ -23,12 +23,17 @@ from artlens.verification import (
     VLAD_CONFIG,
     LocalFeatures,
     extract,
+    fit_vlad_projection,
     matching_space,
     train_vocabulary,
     vlad_aggregate,
+    vlad_compact,
+    vlad_projection_index,
+    vlad_region_masks,
 )
 
 from . import bundle as bundle_io
+from . import segments as segments_io
 from . import vector_index
 from .collection import fetch_bytes, read_collection, resolve_image
 
@@ -37,6 +42,7 @@ DEFAULT_CONFIG: dict = {
     "index": vector_index.DEFAULT_CONFIG,
     "vlad": VLAD_CONFIG,
     "batch_size": 16,
+    "segments": segments_io.DEFAULT_CONFIG,  # used when build_bundle gets a SAM model (sam_dir)
 }
 
 # progress(stage, done, total): the CLI draws rich bars from it; library callers may pass None.
@@ -60,12 +66,14 @@ def build_bundle(
     strict: bool = False,
     progress: Progress | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    sam_dir: str | Path | None = None,
 ) -> BuildReport:
     """Embed every artwork, extract its local features, index it, and write the bundle atomically.
 
     Bad rows (missing or undecodable image, duplicate id, …) are reported with their CSV line; with
     ``strict`` the first one fails the build and nothing is written. ``before_commit`` runs on the finished
-    staging directory before it is moved into place (the CLI calibrates there).
+    staging directory before it is moved into place (the CLI calibrates there). With ``sam_dir`` every artwork
+    is also segmented and its segments indexed (indexing/segments.py, docs/segments.md).
     """
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     fcfg = {**FEATURE_CONFIG, **cfg["features"]}
@@ -78,6 +86,10 @@ def build_bundle(
         line, reason = skipped[0]
         raise CollectionError(f"{collection.path}:{line}: {reason} (--strict)")
     embedder = Embedder(model_dir)
+    segmenter = None
+    if sam_dir is not None:
+        segmenter = segments_io.SegmentCollector(sam_dir, embedder,
+                                                 {**segments_io.DEFAULT_CONFIG, **cfg["segments"]})
     tick = progress or (lambda stage, done, total: None)
 
     artworks: list[dict] = []
@@ -102,6 +114,11 @@ def build_bundle(
         width, height = decoded.original_size
         artworks.append({"object_id": row.object_id, "image": row.image, "width": width, "height": height,
                          "metadata": row.metadata})
+        if segmenter is not None:  # one artwork at a time: its forward also feeds the pooled segment vectors
+            vectors.append(segmenter.add(len(artworks) - 1, row.object_id, decoded.rgb, (width, height),
+                                         feats[-1])[None])
+            tick("images", done, total)
+            continue
         pending.append(decoded.rgb)
         if len(pending) >= cfg["batch_size"]:
             vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
@@ -115,6 +132,10 @@ def build_bundle(
     index, index_desc = vector_index.build_index(embeddings, cfg["index"])
     features = bundle_io.ReferenceFeatures.from_list(feats, fcfg["method"])
     vocabulary, local_index, local_desc = _local_shortlist_index(features, {**VLAD_CONFIG, **cfg["vlad"]}, cfg["index"])
+    segment_store, segment_desc = None, None
+    if segmenter is not None:
+        segment_store, segment_desc = segmenter.finish(
+            segments_io.descriptors_in_matching_space(features, fcfg["method"]), vocabulary)
     tick("index", 1, 1)
 
     meta = {
@@ -127,11 +148,14 @@ def build_bundle(
         "local_index": local_desc,
         "features": {"config": fcfg},
         "calibration": None,
+        **({"segments": segment_desc} if segment_desc else {}),
         "versions": {"artlens": artlens.__version__, "faiss": faiss.__version__, "opencv": cv2.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
     }
     staging = bundle_io.staging_dir(out)
     try:
+        if segment_store is not None:  # first: bundle.json's checksums cover these files
+            segment_store.write(staging)
         bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, vocabulary,
                                      local_index)
         if before_commit:
@@ -145,14 +169,28 @@ def build_bundle(
 
 def _local_shortlist_index(features: bundle_io.ReferenceFeatures, vlad_cfg: dict, index_cfg: dict
                            ) -> tuple[np.ndarray, faiss.Index, dict]:
-    """Visual vocabulary + VLAD index: the shortlist that works without pretrained weights."""
+    """Visual vocabulary + VLAD index: the shortlist that works without pretrained weights.
+
+    The index holds PCA-whitened compact VLADs and carries the projection, so it is searched with raw VLADs. The
+    PCA is learnt on each reference's VLAD of the whole image and of the same regions a query photo is split into.
+    """
     if features.method in {"orb", "akaze"}:
         raise CollectionError("the VLAD shortlist needs float descriptors (rootsift or sift), not binary ones")
     space = matching_space(np.asarray(features.descriptors), features.method)
     vocabulary = train_vocabulary(space, vlad_cfg)
-    vectors = np.stack([
-        vlad_aggregate(space[features.offsets[i]:features.offsets[i + 1]], vocabulary) for i in range(len(features))
-    ])
-    index, desc = vector_index.build_index(vectors, index_cfg)
-    desc.update(method="vlad", words=int(vocabulary.shape[0]), vlad=vlad_cfg)
+    whole, regional = [], []
+    for i in range(len(features)):
+        ref, desc = features.get(i), space[features.offsets[i]:features.offsets[i + 1]]
+        masks = vlad_region_masks(ref.keypoints, ref.image_size)
+        whole.append(vlad_aggregate(desc, vocabulary))
+        regional.extend(vlad_aggregate(desc[m], vocabulary) for m in masks[1:])
+    vectors = np.stack(whole)
+    samples = np.concatenate([vectors, np.stack(regional)]) if regional else vectors
+    projection = fit_vlad_projection(samples, len(vocabulary), vlad_cfg)
+    inner, desc = vector_index.build_index(vlad_compact(vectors, projection), index_cfg)
+    index = vlad_projection_index(projection, inner)
+    desc.update(method="vlad", words=int(vocabulary.shape[0]), vlad=vlad_cfg,
+                projection=None if projection is None else {
+                    "kind": "pca-whitening", "dims": projection.dims, "from_dim": int(vectors.shape[1]),
+                    "samples": len(whole) + len(regional)})
     return vocabulary, index, desc

@@ -24,10 +24,15 @@ from artlens.verification import (
     prepare,
     verify,
     vlad_aggregate,
+    vlad_compact,
+    vlad_region_masks,
+    vlad_split_index,
 )
 
 from .calibration import Calibration
-from .results import Candidate, ModelSummary, Recognition
+from .results import Candidate, ModelSummary, Recognition, SegmentHit, SegmentInfo, SegmentRef
+from .segments import DEFAULT_CONFIG as SEGMENT_CONFIG
+from .segments import SegmentSearch, SegmentVotes
 
 SHORTLIST_MODES = ("auto", "fused", "global", "local")
 DEFAULT_CONFIG: dict = {
@@ -38,12 +43,13 @@ DEFAULT_CONFIG: dict = {
     "shortlist": "auto",
     "rrf_k": 60,
     # VLAD of the whole photo plus of 5 overlapping regions (4 quadrants of 60 %, the centre): a painting that
-    # fills a small part of a gallery-wall photo dominates some region's VLAD. Estense object shortlist
-    # recall@20 0.65 → 0.75, SMVS unchanged (docs/benchmarks.md).
+    # fills a small part of a gallery-wall photo dominates some region's VLAD. A reference scores its best
+    # similarity over the regions (docs/benchmarks.md, "Shortlist").
     "vlad_regions": True,
     "verify": VERIFY_CONFIG,
     "max_overlap": 0.5,  # two verified outlines overlapping more than this are one artwork: keep the best
     "descriptor_cache": 1024,  # prepared reference descriptors kept in memory (≈0.5 MB each)
+    "segments": SEGMENT_CONFIG,  # bundles built with --segments: segment votes and region verification
 }
 
 
@@ -55,6 +61,7 @@ class Evidence:
     rank: int
     similarity: float
     verification: Verification
+    segment: SegmentRef | None = None  # the segment of the reference the photo shows (a detail)
 
     def vector(self) -> np.ndarray:
         """The evidence the calibration sees (recognition/calibration.py FEATURE_NAMES)."""
@@ -70,6 +77,7 @@ class Analysis:
     query_vector: np.ndarray  # [D] global descriptor
     query_features: LocalFeatures
     query_descriptors: np.ndarray  # query_features' descriptors in matching space
+    segment_votes: SegmentVotes | None = None  # what the segment indexes said (bundles with segments)
 
 
 class Recognizer:
@@ -107,6 +115,10 @@ class Recognizer:
                               " or rebuild it with `artlens index build`")
         self.model_summary = ModelSummary(id=embedder.info.source, pretrained=embedder.info.pretrained,
                                           sha256=embedder.info.sha256)
+        self.segments: SegmentSearch | None = None
+        if self.bundle.segments is not None:
+            self.segments = SegmentSearch(self.bundle, pretrained=embedder.info.pretrained,
+                                          config=self.config["segments"])
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         # Local features are extracted while ONNX Runtime runs the model: both release the GIL, and the
         # overlap hides part of the feature stage (docs/benchmarks.md).
@@ -140,9 +152,14 @@ class Recognizer:
         t2 = time.perf_counter()
         qf, qd = features_job.result()
         t3 = time.perf_counter()
-        shortlist = self.shortlist(vec[0], qf, qd, k)
+        votes = None
+        if self.segments is not None and self.segments.cfg["enabled"]:
+            votes = self.segments.vote(vec[0], qd, _regions(qf, self.config["vlad_regions"]))
+        shortlist = self.shortlist(vec[0], qf, qd, k, extra_rankings=votes.rankings if votes else ())
+        if votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
+            shortlist += votes.extra_rows(shortlist, self.segments.cfg["slots"])
         t4 = time.perf_counter()
-        analysis = Analysis(decoded, [], {}, vec[0], qf, qd)
+        analysis = Analysis(decoded, [], {}, vec[0], qf, qd, votes)
         analysis.candidates = [self.evidence(analysis, row, rank) for rank, row in enumerate(shortlist, start=1)]
         t5 = time.perf_counter()
         # "features" is only the part of feature extraction that outlasted the model's forward pass.
@@ -155,20 +172,19 @@ class Recognizer:
         return qf, prepare(qf)
 
     def shortlist(self, query_vector: np.ndarray, query_features: LocalFeatures, query_descriptors: np.ndarray,
-                  k: int) -> list[int]:
-        """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings, fused by reciprocal rank."""
+                  k: int, extra_rankings: list[list[int]] | tuple = ()) -> list[int]:
+        """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings (and ``extra_rankings``: the segment
+        votes), fused by reciprocal rank."""
         mode = self.config["shortlist"]
         if mode == "auto":
             mode = "fused" if self.embedder.info.pretrained else "local"
         if mode not in SHORTLIST_MODES:
             raise ValueError(f"unknown shortlist mode {mode!r} ({', '.join(SHORTLIST_MODES)})")
-        rankings = []
+        rankings = [list(r) for r in extra_rankings]
         if mode in {"fused", "global"}:
             rankings.append(search(self.bundle.index, query_vector[None], k)[1][0])
         if mode in {"fused", "local"}:
-            for mask in _regions(query_features, self.config["vlad_regions"]):
-                vlad = vlad_aggregate(query_descriptors[mask], self.bundle.vocabulary)
-                rankings.append(search(self.bundle.local_index, vlad[None], k)[1][0])
+            rankings.append(self._vlad_ranking(query_features, query_descriptors, k))
         scores: dict[int, float] = {}
         for ranking in rankings:
             for rank, row in enumerate(ranking):
@@ -176,12 +192,38 @@ class Recognizer:
                     scores[int(row)] = scores.get(int(row), 0.0) + 1.0 / (self.config["rrf_k"] + rank + 1)
         return sorted(scores, key=lambda r: -scores[r])[:k]
 
+    def _vlad_ranking(self, query_features: LocalFeatures, query_descriptors: np.ndarray, k: int) -> list[int]:
+        """Top-k rows by VLAD similarity, each scored by its best region of the photo (max, not rank fusion: a
+        painting that one region shows clearly is not outvoted by the regions that show the wall or its frame)."""
+        if getattr(self, "_vlad_split", None) is None:  # (projection, index of compact VLADs), split once
+            self._vlad_split = vlad_split_index(self.bundle.local_index, len(self.bundle.vocabulary))
+        projection, index = self._vlad_split
+        masks = _regions(query_features, self.config["vlad_regions"])
+        vlads = np.stack([vlad_aggregate(query_descriptors[m], self.bundle.vocabulary) for m in masks])
+        best: dict[int, float] = {}
+        for vector in vlad_compact(vlads, projection):
+            # One query at a time: FAISS runs a batch of a few queries on OpenMP threads, which on a busy 2-core
+            # machine cost 20 ms instead of 0.03 ms.
+            sims, rows = search(index, vector[None], k)
+            for row, sim in zip(rows[0].tolist(), sims[0].tolist(), strict=True):
+                if row >= 0 and sim > best.get(row, -np.inf):
+                    best[row] = sim
+        return sorted(best, key=lambda r: -best[r])[:k]
+
     def evidence(self, analysis: Analysis, row: int, rank: int) -> Evidence:
         """Verify the photo against bundle row ``row`` (calibration also uses it for rows outside the shortlist)."""
         similarity = float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
-        ver = verify(analysis.query_features, analysis.query_descriptors, self.bundle.features.get(row),
-                     self._reference_descriptors(row), self.config["verify"])
-        return Evidence(row, rank, similarity, ver)
+        ref = self.bundle.features.get(row)
+        ref_desc = self._reference_descriptors(row)
+        ver = verify(analysis.query_features, analysis.query_descriptors, ref, ref_desc, self.config["verify"])
+        votes, segment = analysis.segment_votes, None
+        if votes is not None and row in votes.best:
+            voted = votes.best[row]
+            if row in votes.region_rows:
+                ver, _ = self.segments.verify_region(analysis.query_features, analysis.query_descriptors, ref,
+                                                     ref_desc, voted, ver, self.config["verify"])
+            segment = self.segments.shown_segment(row, voted, ver, analysis.query_features.image_size)
+        return Evidence(row, rank, similarity, ver, segment)
 
     def decide(self, analysis: Analysis, *, min_confidence: float | None = None, top_k: int | None = None
                ) -> Recognition:
@@ -228,8 +270,25 @@ class Recognizer:
             object_id=art["object_id"], metadata=art["metadata"], confidence=round(confidence, 5),
             verified=bool(v.plausible and confidence >= threshold), similarity=round(ev.similarity, 5),
             retrieval_rank=ev.rank, matches=v.matches, inliers=v.inliers, inlier_ratio=round(v.inlier_ratio, 4),
-            outline=outline, rejected=v.rejected,
+            outline=outline, rejected=v.rejected, segment=ev.segment,
         )
+
+    # -- segments (bundles built with --segments) ----------------------------------------------------------
+    def _segment_search(self) -> SegmentSearch:
+        if self.segments is None:
+            raise BundleError(f"{self.bundle.path}: bundle has no segments; rebuild it with `artlens index build"
+                              " --segments --sam DIR`")
+        return self.segments
+
+    def segments_of(self, object_id: str, *, with_polygons: bool = True) -> list[SegmentInfo]:
+        """An artwork's SAM segments, largest first, with polygons in reference-image pixels."""
+        return self._segment_search().segments_of(object_id, with_polygons=with_polygons)
+
+    def similar_segments(self, segment_id: str, k: int = 10, *, include_same_artwork: bool = False,
+                         space: str = "auto", with_polygons: bool = False) -> list[SegmentHit]:
+        """Segments across the collection most like ``segment_id`` (see SegmentSearch.similar_segments)."""
+        return self._segment_search().similar_segments(segment_id, k, include_same_artwork=include_same_artwork,
+                                                       space=space, with_polygons=with_polygons)
 
 
 def _overlap(a: list[list[float]] | None, b: list[list[float]] | None) -> float:
@@ -244,16 +303,8 @@ def _overlap(a: list[list[float]] | None, b: list[list[float]] | None) -> float:
     return float(inter) / min(area_a, area_b)
 
 
-def _regions(features: LocalFeatures, with_regions: bool, min_keypoints: int = 20) -> list[np.ndarray]:
+def _regions(features: LocalFeatures, with_regions: bool) -> list[np.ndarray]:
     """Keypoint masks: the whole photo, then (optionally) 4 overlapping quadrants and the centre."""
-    n = len(features)
-    masks = [np.ones(n, dtype=bool)]
-    if not with_regions or n == 0:
-        return masks
-    w, h = features.image_size
-    x, y = features.keypoints[:, 0] / w, features.keypoints[:, 1] / h
-    for x0, y0, x1, y1 in [(0, 0, .6, .6), (.4, 0, 1, .6), (0, .4, .6, 1), (.4, .4, 1, 1), (.2, .2, .8, .8)]:
-        mask = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-        if mask.sum() >= min_keypoints:
-            masks.append(mask)
-    return masks
+    if not with_regions:
+        return [np.ones(len(features), dtype=bool)]
+    return vlad_region_masks(features.keypoints, features.image_size)

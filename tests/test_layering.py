@@ -208,11 +208,27 @@ def test_export_package_and_cli_load_torch_lazily():
         assert not bad and not eager_graph, f"{src}: {bad + eager_graph}"
 
 
+# Evaluation-time photo simulation (kornia on PyTorch tensors) is the one use of torch outside export: it lives in
+# this module only, and imports it inside functions. Recognition, indexing and serving never need torch; the
+# build-time calibration keeps recognition/calibrate.py's cv2 simulator for that reason.
+TORCH_IN_EVAL = {"artlens.eval.visitor"}
+
+
+def test_torch_and_kornia_only_in_export_and_the_eval_simulator():
+    for src in SOURCES:
+        uses = [i for i in src.imports if i.module.split(".")[0] in HEAVY | {"kornia"}]
+        if not uses or (src.stage == "export" and not any(i.module.split(".")[0] == "kornia" for i in uses)):
+            continue
+        assert src.module in TORCH_IN_EVAL, f"{src}: imports {uses[0].module} (line {uses[0].line})"
+        bad = [i for i in uses if i.top_level or i.module.split(".")[0] == "transformers"]
+        assert not bad, f"{src}: torch/kornia only lazily, inside the simulation functions: {bad}"
+
+
 def test_runtime_import_loads_no_torch():
     """What the AST promises, checked once for real: the online path starts without PyTorch."""
     code = ("import sys, artlens.cli, artlens.indexing.build, artlens.recognition.recognizer, artlens.eval.evaluate,"
-            " artlens.eval.bench, artlens.export; "
-            "heavy = sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules); "
+            " artlens.eval.bench, artlens.eval.visitor, artlens.eval.registry, artlens.eval.report, artlens.export; "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'onnx', 'kornia') if m in sys.modules); "
             "print(','.join(heavy)); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"loaded at import: {proc.stdout.strip()} {proc.stderr[-2000:]}"
