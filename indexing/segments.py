@@ -37,7 +37,7 @@ from artlens.embedder import Embedder
 from artlens.errors import ModelError
 from artlens.verification import LocalFeatures, matching_space, vlad_aggregate
 
-from . import amg, segment_embed, vector_index
+from . import amg, compressed_index, segment_embed, vector_index
 from .sam import SamModel
 
 DEFAULT_CONFIG: dict = {
@@ -114,9 +114,10 @@ def segment_files() -> list[str]:
 
 
 def segment_vector_index(vectors: np.ndarray, config: dict) -> tuple[faiss.Index, dict]:
-    """The one place the segment vector index is built: exact / HNSW today (``vector_index``); the compressed
-    builder (PQ / scalar quantisation for millions of segments) plugs in here."""
-    return vector_index.build_index(vectors, config)
+    """The one place the segment vector index is built: exact below ``exact_below`` vectors, above it the
+    compressed recipe of ``compressed_index`` (≈ 98 bytes per vector, nprobe tuned and recorded; measured in
+    docs/index-benchmarks.md). The float vectors stay in ``vectors.npy`` (memory-mapped) for exact re-ranking."""
+    return compressed_index.build_compressed_index(vectors, config)
 
 
 class SegmentCollector:

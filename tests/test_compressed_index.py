@@ -113,3 +113,18 @@ def test_exact_rerank_from_memory_mapped_vectors(data, compressed, tmp_path):
     ref_scores, ref_ids = _truth(vectors, queries)
     assert recall_at(ref_ids, ids)["10-recall@10"] >= 0.99
     np.testing.assert_allclose(scores[:, 0], ref_scores[:, 0], rtol=1e-5)  # exact scores, not code estimates
+
+
+def test_segment_index_is_compressed_above_the_threshold(data):
+    """The bundle's segment index goes through the compressed builder: exact for small collections, compressed
+    (with its settings recorded) above ``exact_below``; re-ranking from the float vectors restores the order."""
+    from artlens.indexing.segments import segment_vector_index
+
+    vectors, queries = data
+    small, small_desc = segment_vector_index(vectors[:500], {"exact_below": 1000})
+    assert small_desc["exact"] and small.ntotal == 500
+    index, desc = segment_vector_index(vectors, {"exact_below": 1000, "tune_queries": 200})
+    assert not desc["exact"] and desc["recipe"] == "pca88-ivf-sq8" and "nprobe" in desc
+    _, truth = _truth(vectors, queries)
+    _, found = search(index, queries, 10, desc, rerank=vectors, rerank_k=100)
+    assert recall_at(truth, found)["10-recall@10"] >= 0.95
