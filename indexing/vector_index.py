@@ -35,7 +35,21 @@ def build_index(vectors: np.ndarray, config: dict | None = None) -> tuple[faiss.
     return index, desc
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) [B, k']; k' = min(k, index size); ids are row numbers in the bundle."""
+def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) [B, k']; k' = min(k, index size); ids are row numbers in the bundle.
+
+    ``allowed`` (row numbers) restricts the search itself (FAISS IDSelector), so the best allowed rows are found
+    even when none of them is in the unrestricted top-k; missing slots are id -1.
+    """
     k = max(1, min(k, index.ntotal))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if allowed is None:
+        return index.search(queries, k)
+    rows = np.ascontiguousarray(np.asarray(allowed, dtype=np.int64))
+    if len(rows) == 0:
+        return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+    selector = faiss.IDSelectorBatch(rows)
+    params = faiss.SearchParametersHNSW(sel=selector) if isinstance(index, faiss.IndexHNSW) \
+        else faiss.SearchParameters(sel=selector)
+    return index.search(queries, min(k, len(rows)), params=params)

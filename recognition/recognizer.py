@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 
 from artlens.embedder import Embedder
 from artlens.errors import BundleError, ModelError
-from artlens.imaging import DecodedImage, load_image, to_gray
+from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodedImage, load_image, to_gray
 from artlens.indexing.bundle import Bundle, load_bundle
 from artlens.indexing.vector_index import search
 from artlens.verification import (
@@ -126,21 +127,28 @@ class Recognizer:
                 self._cache.popitem(last=False)
         return desc
 
-    def analyse(self, source: str | Path | bytes, *, top_k: int | None = None, name: str | None = None
-                ) -> Analysis:
-        """Everything up to the decision: the verified shortlist with its evidence, and stage timings."""
+    def analyse(self, source: str | Path | bytes, *, top_k: int | None = None, name: str | None = None,
+                allowed: np.ndarray | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None,
+                max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Analysis:
+        """Everything up to the decision: the verified shortlist with its evidence, and stage timings.
+
+        ``allowed``: bundle rows the shortlist may hold (metadata filters, applied inside the FAISS searches).
+        ``embed``: rgb → descriptor [D]; the service passes a micro-batcher here so concurrent photos share one
+        ONNX call. Default: this photo alone through the embedder.
+        """
         k = int(top_k or self.config["top_k"])
         if k < 1:
             raise ValueError("top_k must be at least 1")
         t0 = time.perf_counter()
-        decoded = load_image(source, name=name, max_side=self.feature_config["max_side"])
+        decoded = load_image(source, name=name, max_side=self.feature_config["max_side"], max_pixels=max_pixels,
+                             max_bytes=max_bytes)
         t1 = time.perf_counter()
         features_job = self._feature_pool.submit(self._query_features, decoded.rgb)
-        vec = self.embedder.embed_arrays([decoded.rgb])
+        vec = self.embedder.embed_arrays([decoded.rgb]) if embed is None else embed(decoded.rgb)[None]
         t2 = time.perf_counter()
         qf, qd = features_job.result()
         t3 = time.perf_counter()
-        shortlist = self.shortlist(vec[0], qf, qd, k)
+        shortlist = self.shortlist(vec[0], qf, qd, k, allowed=allowed)
         t4 = time.perf_counter()
         analysis = Analysis(decoded, [], {}, vec[0], qf, qd)
         analysis.candidates = [self.evidence(analysis, row, rank) for rank, row in enumerate(shortlist, start=1)]
@@ -155,7 +163,7 @@ class Recognizer:
         return qf, prepare(qf)
 
     def shortlist(self, query_vector: np.ndarray, query_features: LocalFeatures, query_descriptors: np.ndarray,
-                  k: int) -> list[int]:
+                  k: int, allowed: np.ndarray | None = None) -> list[int]:
         """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings, fused by reciprocal rank."""
         mode = self.config["shortlist"]
         if mode == "auto":
@@ -164,11 +172,11 @@ class Recognizer:
             raise ValueError(f"unknown shortlist mode {mode!r} ({', '.join(SHORTLIST_MODES)})")
         rankings = []
         if mode in {"fused", "global"}:
-            rankings.append(search(self.bundle.index, query_vector[None], k)[1][0])
+            rankings.append(search(self.bundle.index, query_vector[None], k, allowed)[1][0])
         if mode in {"fused", "local"}:
             for mask in _regions(query_features, self.config["vlad_regions"]):
                 vlad = vlad_aggregate(query_descriptors[mask], self.bundle.vocabulary)
-                rankings.append(search(self.bundle.local_index, vlad[None], k)[1][0])
+                rankings.append(search(self.bundle.local_index, vlad[None], k, allowed)[1][0])
         scores: dict[int, float] = {}
         for ranking in rankings:
             for rank, row in enumerate(ranking):
@@ -216,9 +224,10 @@ class Recognizer:
         return sorted(scored, key=lambda c: (-c.confidence, -c.inliers))
 
     def recognize(self, source: str | Path | bytes, *, top_k: int | None = None,
-                  min_confidence: float | None = None, name: str | None = None) -> Recognition:
-        return self.decide(self.analyse(source, top_k=top_k, name=name), min_confidence=min_confidence,
-                           top_k=top_k)
+                  min_confidence: float | None = None, name: str | None = None,
+                  allowed: np.ndarray | None = None) -> Recognition:
+        return self.decide(self.analyse(source, top_k=top_k, name=name, allowed=allowed),
+                           min_confidence=min_confidence, top_k=top_k)
 
     def _candidate(self, ev: Evidence, confidence: float, threshold: float) -> Candidate:
         art = self.bundle.artworks[ev.row]
