@@ -83,7 +83,7 @@ def artlens_error(_: Request, exc: ArtlensError) -> Response:
     return _body(exc.code, str(exc), STATUS_BY_CODE.get(exc.code, 422))
 
 
-def http_error(_: Request, exc: HTTPException) -> Response:
+def http_error(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
     message = exc.detail or "error"
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
@@ -95,6 +95,10 @@ def http_error(_: Request, exc: HTTPException) -> Response:
         code = CODE_BY_STATUS.get(status, "http_error" if status < 500 else "internal_error")
     if status == 413:
         message = f"request body too large ({message})"
+    elif status == 404 and message == "Not Found":
+        message = f"no such route: {request.method} {request.url.path} (the API is described at /schema)"
+    elif status == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
     headers = dict(exc.headers or {})
     return _body(code, message, status, headers)
 
