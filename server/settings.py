@@ -27,7 +27,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_keys: list[str] = msgspec.field(default_factory=list)
     cors_origins: list[str] = msgspec.field(default_factory=list)  # allow-list; empty: no cross-origin access
     rate_limit_per_minute: int = 120  # per client address on public routes; 0 turns it off
-    inference_threads: int = 2  # recognitions running at once (thread pool off the event loop)
+    # Recognitions in progress at once (a thread pool off the event loop). More than the cores: while one waits
+    # for its micro-batch or for ONNX Runtime, another extracts features; all heavy stages release the GIL.
+    inference_threads: int = 4
     max_queue: int = 32  # recognitions waiting beyond those; more → 503 + Retry-After
     micro_batching: bool = True  # concurrent photos share one ONNX call
     batch_max: int = 8
