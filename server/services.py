@@ -147,7 +147,8 @@ class RecognitionService:
         self.admin_executor = ThreadPoolExecutor(1, thread_name_prefix="artlens-admin")
         self.pending = 0  # admitted, not finished (touched only on the event loop)
         self._seconds = 1.0  # moving average of one recognition, for Retry-After
-        self._batchers: dict[int, MicroBatcher] = {}
+        self._batchers: dict[int, MicroBatcher] = {}  # one per embedder (a reload may bring another model)
+        self._batchers_lock = threading.Lock()
 
     @property
     def capacity(self) -> int:
@@ -156,11 +157,13 @@ class RecognitionService:
     def _embed_fn(self, embedder: Embedder):
         if not self.settings.micro_batching:
             return None
-        batcher = self._batchers.get(id(embedder))
-        if batcher is None or batcher.embedder is not embedder:
-            batcher = MicroBatcher(embedder, max_batch=self.settings.batch_max, max_wait_ms=self.settings.batch_wait_ms,
-                                   on_batch=self.metrics.batch_size.observe)
-            self._batchers[id(embedder)] = batcher
+        with self._batchers_lock:
+            batcher = self._batchers.get(id(embedder))
+            if batcher is None or batcher.embedder is not embedder:
+                batcher = MicroBatcher(embedder, max_batch=self.settings.batch_max,
+                                       max_wait_ms=self.settings.batch_wait_ms,
+                                       on_batch=self.metrics.batch_size.observe)
+                self._batchers[id(embedder)] = batcher
         return batcher.embed
 
     async def run_admin(self, fn, *args):
