@@ -279,3 +279,30 @@ def test_rate_limit_and_cors(bundle_copy):
         assert ok.headers.get("access-control-allow-origin") == "https://museum.example"
         bad = c.options("/v1/recognize", headers={**pre, "Origin": "https://evil.example"})
         assert bad.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_heic_and_exif_rotated_photos(client):
+    """An iPhone-style HEIC and a JPEG stored sideways with EXIF orientation 6 give the upright answer (EXIF is
+    applied exactly once: the outline matches the plain photo's)."""
+    import io
+
+    from PIL import Image
+
+    plain = client.post("/v1/recognize", content=photo("001.jpg"), headers={"Content-Type": "image/jpeg"}).json()
+    upright = Image.open(io.BytesIO(photo("001.jpg")))
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # what a phone sensor stores; orientation 6 undoes it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    sideways.save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    rotated = client.post("/v1/recognize", content=buf.getvalue(), headers={"Content-Type": "image/jpeg"}).json()
+    assert rotated["image_size"] == plain["image_size"] == [1600, 1200]
+    assert rotated["matches"][0]["object_id"] == "smvs-001"
+    a, b = rotated["matches"][0]["outline"], plain["matches"][0]["outline"]
+    assert max(abs(p - q) for pa, pb in zip(a, b, strict=True) for p, q in zip(pa, pb, strict=True)) < 0.03
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    heic = io.BytesIO()
+    upright.save(heic, "HEIF", quality=80)
+    r = client.post("/v1/recognize", files=[("image", ("IMG_0001.HEIC", heic.getvalue(), "image/heic"))])
+    assert r.status_code == 200 and r.json()["matches"][0]["object_id"] == "smvs-001"
