@@ -306,3 +306,14 @@ def test_heic_and_exif_rotated_photos(client):
     upright.save(heic, "HEIF", quality=80)
     r = client.post("/v1/recognize", files=[("image", ("IMG_0001.HEIC", heic.getvalue(), "image/heic"))])
     assert r.status_code == 200 and r.json()["matches"][0]["object_id"] == "smvs-001"
+
+
+def test_serve_refuses_a_missing_bundle_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from artlens.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--index", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "index bundle" in result.output and "Traceback" not in result.output
+    bad = CliRunner().invoke(app, ["serve", "--index", str(tmp_path)], env={"ARTLENS_PORT": "eighty"})
+    assert bad.exit_code == 2 and "port" in bad.output
