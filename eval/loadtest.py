@@ -163,7 +163,8 @@ async def _drive(url: str, photos: list[bytes], clients: int, warmup: float, dur
         "rss_mb": {"after_warmup": round(after[0], 1) if after else None,
                    "end": round(after[-1], 1) if after else None,
                    "max": round(max(after), 1) if after else None,
-                   "slope_mb_per_min": round(slope, 2)},
+                   "slope_mb_per_min": round(slope, 2),
+                   "series": [[round(t), round(v)] for t, v in rss[::5]]},
         "reloads": reloads,
         "mean_onnx_batch": round(_metric_sum(metrics, "artlens_embed_batch_size_sum") / batches, 2)
         if batches else None,

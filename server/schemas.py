@@ -32,14 +32,16 @@ class RecognizedArtwork(msgspec.Struct):
     inliers: int
     similarity: float
     image_url: str
+    reference_size: list[int]  # [width, height] of the reference image (segment polygons are in its pixels)
     segment: SegmentRef | None = None
 
     @classmethod
-    def from_candidate(cls, cand: Candidate, frame: int, support: int) -> RecognizedArtwork:
+    def from_candidate(cls, cand: Candidate, frame: int, support: int, reference_size: list[int]
+                       ) -> RecognizedArtwork:
         return cls(object_id=cand.object_id, metadata=cand.metadata, confidence=cand.confidence,
                    verified=cand.verified, outline=cand.outline, frame=frame, support=support,
                    inliers=cand.inliers, similarity=cand.similarity,
-                   image_url=f"/v1/artworks/{_quote(cand.object_id)}/image")
+                   image_url=f"/v1/artworks/{_quote(cand.object_id)}/image", reference_size=reference_size)
 
 
 class ModelInfo(msgspec.Struct):

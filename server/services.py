@@ -203,8 +203,10 @@ class RecognitionService:
         result = burst.recognition
 
         def present(cand):
+            art = state.bundle.artworks[state.rows[cand.object_id]]
             return schemas.RecognizedArtwork.from_candidate(cand, burst.frames.get(cand.object_id, 0),
-                                                            burst.support.get(cand.object_id, 0))
+                                                            burst.support.get(cand.object_id, 0),
+                                                            [int(art.get("width", 0)), int(art.get("height", 0))])
 
         return schemas.RecognizeResponse(
             status=result.status, matches=[present(c) for c in result.matches],
