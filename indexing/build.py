@@ -23,9 +23,13 @@ from artlens.verification import (
     VLAD_CONFIG,
     LocalFeatures,
     extract,
+    fit_vlad_projection,
     matching_space,
     train_vocabulary,
     vlad_aggregate,
+    vlad_compact,
+    vlad_projection_index,
+    vlad_region_masks,
 )
 
 from . import bundle as bundle_io
@@ -145,14 +149,28 @@ def build_bundle(
 
 def _local_shortlist_index(features: bundle_io.ReferenceFeatures, vlad_cfg: dict, index_cfg: dict
                            ) -> tuple[np.ndarray, faiss.Index, dict]:
-    """Visual vocabulary + VLAD index: the shortlist that works without pretrained weights."""
+    """Visual vocabulary + VLAD index: the shortlist that works without pretrained weights.
+
+    The index holds PCA-whitened compact VLADs and carries the projection, so it is searched with raw VLADs. The
+    PCA is learnt on each reference's VLAD of the whole image and of the same regions a query photo is split into.
+    """
     if features.method in {"orb", "akaze"}:
         raise CollectionError("the VLAD shortlist needs float descriptors (rootsift or sift), not binary ones")
     space = matching_space(np.asarray(features.descriptors), features.method)
     vocabulary = train_vocabulary(space, vlad_cfg)
-    vectors = np.stack([
-        vlad_aggregate(space[features.offsets[i]:features.offsets[i + 1]], vocabulary) for i in range(len(features))
-    ])
-    index, desc = vector_index.build_index(vectors, index_cfg)
-    desc.update(method="vlad", words=int(vocabulary.shape[0]), vlad=vlad_cfg)
+    whole, regional = [], []
+    for i in range(len(features)):
+        ref, desc = features.get(i), space[features.offsets[i]:features.offsets[i + 1]]
+        masks = vlad_region_masks(ref.keypoints, ref.image_size)
+        whole.append(vlad_aggregate(desc, vocabulary))
+        regional.extend(vlad_aggregate(desc[m], vocabulary) for m in masks[1:])
+    vectors = np.stack(whole)
+    samples = np.concatenate([vectors, np.stack(regional)]) if regional else vectors
+    projection = fit_vlad_projection(samples, len(vocabulary), vlad_cfg)
+    inner, desc = vector_index.build_index(vlad_compact(vectors, projection), index_cfg)
+    index = vlad_projection_index(projection, inner)
+    desc.update(method="vlad", words=int(vocabulary.shape[0]), vlad=vlad_cfg,
+                projection=None if projection is None else {
+                    "kind": "pca-whitening", "dims": projection.dims, "from_dim": int(vectors.shape[1]),
+                    "samples": len(whole) + len(regional)})
     return vocabulary, index, desc

@@ -25,7 +25,7 @@ import numpy as np
 from artlens.embedder import Embedder
 from artlens.errors import ArtlensError
 from artlens.imaging import load_image, to_gray
-from artlens.verification import extract, matching_space, vlad_aggregate
+from artlens.verification import extract, matching_space, vlad_aggregate, vlad_projection_index, vlad_split_index
 
 from . import bundle as bundle_io
 from . import vector_index
@@ -85,7 +85,7 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     index = faiss.clone_index(bundle.index)
     index.add(vector[None])
     local_index = faiss.clone_index(bundle.local_index)
-    local_index.add(vlad[None])
+    local_index.add(vlad[None])  # raw VLAD: an IndexPreTransform applies the bundle's projection itself
     old = bundle.features
     features = ReferenceFeatures(
         keypoints=np.concatenate([np.asarray(old.keypoints), feats.keypoints.astype(np.float32)]),
@@ -107,9 +107,13 @@ def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
     keep = np.array([i for i in range(len(bundle.artworks)) if i != row], dtype=np.int64)
     artworks = [bundle.artworks[i] for i in keep]
     embeddings = np.asarray(bundle.embeddings)[keep]
-    vlads = bundle.local_index.reconstruct_n(0, bundle.local_index.ntotal)[keep]
+    # The VLAD index may carry a PCA projection (FAISS IndexPreTransform): rebuild its inner index of compact
+    # vectors and wrap it with the same projection again.
+    projection, inner = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+    compact = inner.reconstruct_n(0, inner.ntotal)[keep]
     index, _ = vector_index.build_index(embeddings, bundle.meta["index"])
-    local_index, _ = vector_index.build_index(vlads, bundle.meta["local_index"])
+    local_inner, _ = vector_index.build_index(compact, bundle.meta["local_index"])
+    local_index = vlad_projection_index(projection, local_inner)
     old = bundle.features
     parts = [old.get(int(i)) for i in keep]
     features = ReferenceFeatures.from_list(parts, old.method)

@@ -41,6 +41,7 @@ from artlens.recognition.batching import MicroBatcher
 from artlens.recognition.burst import recognize_burst
 from artlens.recognition.filters import allowed_rows
 from artlens.recognition.recognizer import Recognizer
+from artlens.verification import vlad_split_index
 
 from . import schemas
 from .errors import Overloaded, ServiceError
@@ -272,8 +273,9 @@ class CatalogueService:
         pretrained = state.recognizer.embedder.info.pretrained
         if method == "auto":
             method = "dinov2" if pretrained else "vlad"
-        if method == "vlad":
-            index, vector = bundle.local_index, bundle.local_index.reconstruct(row)
+        if method == "vlad":  # the compact VLAD vectors (the index may carry a PCA projection in front)
+            _, index = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+            vector = index.reconstruct(row)
         else:
             index, vector = bundle.index, np.asarray(bundle.embeddings[row], dtype=np.float32)
         scores, ids = search(index, vector[None], count + 1)
