@@ -25,7 +25,14 @@ import numpy as np
 from artlens.embedder import Embedder
 from artlens.errors import ArtlensError
 from artlens.imaging import load_image, to_gray
-from artlens.verification import extract, matching_space, vlad_aggregate, vlad_projection_index, vlad_split_index
+from artlens.verification import (
+    extract,
+    matching_space,
+    vlad_aggregate,
+    vlad_compact,
+    vlad_projection_index,
+    vlad_split_index,
+)
 
 from . import bundle as bundle_io
 from . import vector_index
@@ -84,8 +91,12 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
                                    "width": width, "height": height, "metadata": dict(metadata)}]
     index = faiss.clone_index(bundle.index)
     index.add(vector[None])
-    local_index = faiss.clone_index(bundle.local_index)
-    local_index.add(vlad[None])  # raw VLAD: an IndexPreTransform applies the bundle's projection itself
+    # The VLAD index may carry a PCA projection in front (IndexPreTransform, which FAISS cannot clone): add the
+    # compact vector to a copy of the inner index and put the same projection in front again.
+    projection, inner = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+    local_inner = faiss.clone_index(inner)
+    local_inner.add(vlad_compact(vlad[None], projection))
+    local_index = vlad_projection_index(projection, local_inner)
     old = bundle.features
     features = ReferenceFeatures(
         keypoints=np.concatenate([np.asarray(old.keypoints), feats.keypoints.astype(np.float32)]),
