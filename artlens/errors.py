@@ -36,3 +36,9 @@ class CollectionError(ArtlensError):
     """A collection CSV (or a queries CSV) is malformed."""
 
     code = "bad_collection"
+
+
+class UnknownIdError(ArtlensError):
+    """An object id or segment id that the bundle does not hold."""
+
+    code = "not_found"

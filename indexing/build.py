@@ -33,6 +33,7 @@ from artlens.verification import (
 )
 
 from . import bundle as bundle_io
+from . import segments as segments_io
 from . import vector_index
 from .collection import fetch_bytes, read_collection, resolve_image
 
@@ -41,6 +42,7 @@ DEFAULT_CONFIG: dict = {
     "index": vector_index.DEFAULT_CONFIG,
     "vlad": VLAD_CONFIG,
     "batch_size": 16,
+    "segments": segments_io.DEFAULT_CONFIG,  # used when build_bundle gets a SAM model (sam_dir)
 }
 
 # progress(stage, done, total): the CLI draws rich bars from it; library callers may pass None.
@@ -64,12 +66,14 @@ def build_bundle(
     strict: bool = False,
     progress: Progress | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    sam_dir: str | Path | None = None,
 ) -> BuildReport:
     """Embed every artwork, extract its local features, index it, and write the bundle atomically.
 
     Bad rows (missing or undecodable image, duplicate id, …) are reported with their CSV line; with
     ``strict`` the first one fails the build and nothing is written. ``before_commit`` runs on the finished
-    staging directory before it is moved into place (the CLI calibrates there).
+    staging directory before it is moved into place (the CLI calibrates there). With ``sam_dir`` every artwork
+    is also segmented and its segments indexed (indexing/segments.py, docs/segments.md).
     """
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     fcfg = {**FEATURE_CONFIG, **cfg["features"]}
@@ -82,6 +86,10 @@ def build_bundle(
         line, reason = skipped[0]
         raise CollectionError(f"{collection.path}:{line}: {reason} (--strict)")
     embedder = Embedder(model_dir)
+    segmenter = None
+    if sam_dir is not None:
+        segmenter = segments_io.SegmentCollector(sam_dir, embedder,
+                                                 {**segments_io.DEFAULT_CONFIG, **cfg["segments"]})
     tick = progress or (lambda stage, done, total: None)
 
     artworks: list[dict] = []
@@ -106,6 +114,11 @@ def build_bundle(
         width, height = decoded.original_size
         artworks.append({"object_id": row.object_id, "image": row.image, "width": width, "height": height,
                          "metadata": row.metadata})
+        if segmenter is not None:  # one artwork at a time: its forward also feeds the pooled segment vectors
+            vectors.append(segmenter.add(len(artworks) - 1, row.object_id, decoded.rgb, (width, height),
+                                         feats[-1])[None])
+            tick("images", done, total)
+            continue
         pending.append(decoded.rgb)
         if len(pending) >= cfg["batch_size"]:
             vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
@@ -119,6 +132,10 @@ def build_bundle(
     index, index_desc = vector_index.build_index(embeddings, cfg["index"])
     features = bundle_io.ReferenceFeatures.from_list(feats, fcfg["method"])
     vocabulary, local_index, local_desc = _local_shortlist_index(features, {**VLAD_CONFIG, **cfg["vlad"]}, cfg["index"])
+    segment_store, segment_desc = None, None
+    if segmenter is not None:
+        segment_store, segment_desc = segmenter.finish(
+            segments_io.descriptors_in_matching_space(features, fcfg["method"]), vocabulary)
     tick("index", 1, 1)
 
     meta = {
@@ -131,11 +148,14 @@ def build_bundle(
         "local_index": local_desc,
         "features": {"config": fcfg},
         "calibration": None,
+        **({"segments": segment_desc} if segment_desc else {}),
         "versions": {"artlens": artlens.__version__, "faiss": faiss.__version__, "opencv": cv2.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
     }
     staging = bundle_io.staging_dir(out)
     try:
+        if segment_store is not None:  # first: bundle.json's checksums cover these files
+            segment_store.write(staging)
         bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, vocabulary,
                                      local_index)
         if before_commit:

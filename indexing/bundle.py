@@ -12,6 +12,8 @@ Layout::
     features/descriptors.npy uint8 [total, D]
     features/offsets.npy   int64 [N + 1] row i owns keypoints[offsets[i]:offsets[i + 1]]
     features/sizes.npy     int32 [N, 2] analysed (width, height) of each reference
+    segments/…             optional (``index build --segments``): SAM segments and their indexes, see segments.py;
+                           present when bundle.json has a "segments" key. Bundles without it load as before.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import numpy as np
 from artlens.errors import BundleError
 from artlens.hashing import file_sha256
 from artlens.verification import LocalFeatures
+
+from .segments import SegmentStore, segment_files
 
 FORMAT = "artlens-bundle/1"
 FEATURE_FILES = ("keypoints.npy", "descriptors.npy", "offsets.npy", "sizes.npy")
@@ -74,6 +78,7 @@ class Bundle:
     features: ReferenceFeatures
     vocabulary: np.ndarray
     local_index: faiss.Index
+    segments: SegmentStore | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -105,6 +110,8 @@ def write_meta(directory: Path, meta: dict) -> None:
     """(Re)write bundle.json with fresh checksums of the data files; atomic by rename within the directory."""
     files = ["artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss"]
     files += [f"features/{f}" for f in FEATURE_FILES]
+    if meta.get("segments"):
+        files += segment_files()
     meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
     tmp = directory / "bundle.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
@@ -175,6 +182,7 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
             sizes=np.load(path / "features" / "sizes.npy"),
             method=meta["features"]["config"]["method"],
         )
+        segments = SegmentStore.load(path) if meta.get("segments") else None
     except BundleError:
         raise
     except Exception as exc:
@@ -184,4 +192,6 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
         raise BundleError(f"{path}: inconsistent counts (artworks {n}, embeddings {embeddings.shape[0]},"
                           f" index {index.ntotal}, local index {local_index.ntotal}, features {len(feats)});"
                           " rebuild it")
-    return Bundle(path, meta, artworks, embeddings, index, feats, vocabulary, local_index)
+    if segments is not None and not (segments.consistent() and (segments.artwork < n).all()):
+        raise BundleError(f"{path}: inconsistent segment files ({len(segments)} segments); rebuild it")
+    return Bundle(path, meta, artworks, embeddings, index, feats, vocabulary, local_index, segments)

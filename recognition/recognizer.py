@@ -31,7 +31,9 @@ from artlens.verification import (
 )
 
 from .calibration import Calibration
-from .results import Candidate, ModelSummary, Recognition
+from .results import Candidate, ModelSummary, Recognition, SegmentHit, SegmentInfo, SegmentRef
+from .segments import DEFAULT_CONFIG as SEGMENT_CONFIG
+from .segments import SegmentSearch, SegmentVotes
 
 SHORTLIST_MODES = ("auto", "fused", "global", "local")
 DEFAULT_CONFIG: dict = {
@@ -48,6 +50,7 @@ DEFAULT_CONFIG: dict = {
     "verify": VERIFY_CONFIG,
     "max_overlap": 0.5,  # two verified outlines overlapping more than this are one artwork: keep the best
     "descriptor_cache": 1024,  # prepared reference descriptors kept in memory (≈0.5 MB each)
+    "segments": SEGMENT_CONFIG,  # bundles built with --segments: segment votes and region verification
 }
 
 
@@ -59,6 +62,7 @@ class Evidence:
     rank: int
     similarity: float
     verification: Verification
+    segment: SegmentRef | None = None  # the segment of the reference the photo shows (a detail)
 
     def vector(self) -> np.ndarray:
         """The evidence the calibration sees (recognition/calibration.py FEATURE_NAMES)."""
@@ -74,6 +78,7 @@ class Analysis:
     query_vector: np.ndarray  # [D] global descriptor
     query_features: LocalFeatures
     query_descriptors: np.ndarray  # query_features' descriptors in matching space
+    segment_votes: SegmentVotes | None = None  # what the segment indexes said (bundles with segments)
 
 
 class Recognizer:
@@ -111,6 +116,10 @@ class Recognizer:
                               " or rebuild it with `artlens index build`")
         self.model_summary = ModelSummary(id=embedder.info.source, pretrained=embedder.info.pretrained,
                                           sha256=embedder.info.sha256)
+        self.segments: SegmentSearch | None = None
+        if self.bundle.segments is not None:
+            self.segments = SegmentSearch(self.bundle, pretrained=embedder.info.pretrained,
+                                          config=self.config["segments"])
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         # Local features are extracted while ONNX Runtime runs the model: both release the GIL, and the
         # overlap hides part of the feature stage (docs/benchmarks.md).
@@ -151,9 +160,19 @@ class Recognizer:
         t2 = time.perf_counter()
         qf, qd = features_job.result()
         t3 = time.perf_counter()
-        shortlist = self.shortlist(vec[0], qf, qd, k, allowed=allowed)
+        votes = None
+        if self.segments is not None and self.segments.cfg["enabled"]:
+            votes = self.segments.vote(vec[0], qd, _regions(qf, self.config["vlad_regions"]))
+            if allowed is not None:  # metadata filters restrict the segment votes too
+                keep = set(np.asarray(allowed).tolist())
+                votes = SegmentVotes([[r for r in ranking if r in keep] for ranking in votes.rankings],
+                                     {r: seg for r, seg in votes.best.items() if r in keep})
+        shortlist = self.shortlist(vec[0], qf, qd, k, allowed=allowed,
+                                   extra_rankings=votes.rankings if votes else ())
+        if votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
+            shortlist += votes.extra_rows(shortlist, self.segments.cfg["slots"])
         t4 = time.perf_counter()
-        analysis = Analysis(decoded, [], {}, vec[0], qf, qd)
+        analysis = Analysis(decoded, [], {}, vec[0], qf, qd, votes)
         analysis.candidates = [self.evidence(analysis, row, rank) for rank, row in enumerate(shortlist, start=1)]
         t5 = time.perf_counter()
         # "features" is only the part of feature extraction that outlasted the model's forward pass.
@@ -166,14 +185,16 @@ class Recognizer:
         return qf, prepare(qf)
 
     def shortlist(self, query_vector: np.ndarray, query_features: LocalFeatures, query_descriptors: np.ndarray,
-                  k: int, allowed: np.ndarray | None = None) -> list[int]:
-        """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings, fused by reciprocal rank."""
+                  k: int, allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = ()
+                  ) -> list[int]:
+        """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings (and ``extra_rankings``: the segment
+        votes), fused by reciprocal rank. ``allowed``: the rows metadata filters leave (searched, not post-filtered)."""
         mode = self.config["shortlist"]
         if mode == "auto":
             mode = "fused" if self.embedder.info.pretrained else "local"
         if mode not in SHORTLIST_MODES:
             raise ValueError(f"unknown shortlist mode {mode!r} ({', '.join(SHORTLIST_MODES)})")
-        rankings = []
+        rankings = [list(r) for r in extra_rankings]
         if mode in {"fused", "global"}:
             rankings.append(search(self.bundle.index, query_vector[None], k, allowed)[1][0])
         if mode in {"fused", "local"}:
@@ -207,9 +228,17 @@ class Recognizer:
     def evidence(self, analysis: Analysis, row: int, rank: int) -> Evidence:
         """Verify the photo against bundle row ``row`` (calibration also uses it for rows outside the shortlist)."""
         similarity = float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
-        ver = verify(analysis.query_features, analysis.query_descriptors, self.bundle.features.get(row),
-                     self._reference_descriptors(row), self.config["verify"])
-        return Evidence(row, rank, similarity, ver)
+        ref = self.bundle.features.get(row)
+        ref_desc = self._reference_descriptors(row)
+        ver = verify(analysis.query_features, analysis.query_descriptors, ref, ref_desc, self.config["verify"])
+        votes, segment = analysis.segment_votes, None
+        if votes is not None and row in votes.best:
+            voted = votes.best[row]
+            if row in votes.region_rows:
+                ver, _ = self.segments.verify_region(analysis.query_features, analysis.query_descriptors, ref,
+                                                     ref_desc, voted, ver, self.config["verify"])
+            segment = self.segments.shown_segment(row, voted, ver, analysis.query_features.image_size)
+        return Evidence(row, rank, similarity, ver, segment)
 
     def decide(self, analysis: Analysis, *, min_confidence: float | None = None, top_k: int | None = None
                ) -> Recognition:
@@ -257,8 +286,25 @@ class Recognizer:
             object_id=art["object_id"], metadata=art["metadata"], confidence=round(confidence, 5),
             verified=bool(v.plausible and confidence >= threshold), similarity=round(ev.similarity, 5),
             retrieval_rank=ev.rank, matches=v.matches, inliers=v.inliers, inlier_ratio=round(v.inlier_ratio, 4),
-            outline=outline, rejected=v.rejected,
+            outline=outline, rejected=v.rejected, segment=ev.segment,
         )
+
+    # -- segments (bundles built with --segments) ----------------------------------------------------------
+    def _segment_search(self) -> SegmentSearch:
+        if self.segments is None:
+            raise BundleError(f"{self.bundle.path}: bundle has no segments; rebuild it with `artlens index build"
+                              " --segments --sam DIR`")
+        return self.segments
+
+    def segments_of(self, object_id: str, *, with_polygons: bool = True) -> list[SegmentInfo]:
+        """An artwork's SAM segments, largest first, with polygons in reference-image pixels."""
+        return self._segment_search().segments_of(object_id, with_polygons=with_polygons)
+
+    def similar_segments(self, segment_id: str, k: int = 10, *, include_same_artwork: bool = False,
+                         space: str = "auto", with_polygons: bool = False) -> list[SegmentHit]:
+        """Segments across the collection most like ``segment_id`` (see SegmentSearch.similar_segments)."""
+        return self._segment_search().similar_segments(segment_id, k, include_same_artwork=include_same_artwork,
+                                                       space=space, with_polygons=with_polygons)
 
 
 def _overlap(a: list[list[float]] | None, b: list[list[float]] | None) -> float:

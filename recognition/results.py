@@ -11,6 +11,34 @@ class ModelSummary(msgspec.Struct, frozen=True):
     sha256: str
 
 
+class SegmentRef(msgspec.Struct):
+    """The SAM segment of a reference that a photo shows (a detail), or that a search found."""
+
+    id: str  # "<object_id>#<n>"
+    bbox: list[float]  # [x, y, w, h] in pixels of the reference image
+    polygon: list[list[float]]  # simplified outer contours, each flat [x0, y0, x1, y1, …], reference pixels
+
+
+class SegmentInfo(msgspec.Struct):
+    id: str
+    object_id: str
+    bbox: list[float]
+    area: float  # fraction of the reference image
+    predicted_iou: float  # SAM's own quality estimate
+    stability: float
+    polygon: list[list[float]] | None = None
+
+
+class SegmentHit(msgspec.Struct):
+    id: str
+    object_id: str
+    score: float  # cosine similarity in the searched space
+    bbox: list[float]
+    area: float
+    metadata: dict[str, str]
+    polygon: list[list[float]] | None = None
+
+
 class Candidate(msgspec.Struct):
     object_id: str
     metadata: dict[str, str]
@@ -23,6 +51,7 @@ class Candidate(msgspec.Struct):
     inlier_ratio: float
     outline: list[list[float]] | None  # corners TL, TR, BR, BL of the artwork in [0, 1] photo coordinates
     rejected: str | None = None  # why geometry was refused, when it was
+    segment: SegmentRef | None = None  # the segment the photo shows, when it came via a segment and is a detail
 
 
 class Recognition(msgspec.Struct):
