@@ -38,6 +38,7 @@ from . import bundle as bundle_io
 from . import vector_index
 from .bundle import Bundle, ReferenceFeatures
 from .collection import resolve_image
+from .segments import segment_files
 
 IMAGE_DIR = "images"
 
@@ -52,6 +53,10 @@ class ArtworkNotFound(ArtlensError):
 
 class LastArtwork(ArtlensError):
     code = "last_artwork"
+
+
+class SegmentsNeedRebuild(ArtlensError):
+    code = "segments_need_rebuild"
 
 
 def bundle_version(bundle: Bundle) -> int:
@@ -113,6 +118,10 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
 def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
     """Drop one artwork and write the next bundle version over ``bundle.path``; returns it, loaded."""
     row = find_row(bundle, object_id)
+    if bundle.segments is not None:
+        # Segment records and their two indexes are numbered by artwork row; renumbering them is a rebuild.
+        raise SegmentsNeedRebuild(f"artwork {object_id!r} cannot be deleted from a bundle with segments; rebuild"
+                                  " it without the artwork (artlens index build --segments)")
     if len(bundle.artworks) == 1:
         raise LastArtwork(f"artwork {object_id!r} is the only one in this index; an index cannot be empty")
     keep = np.array([i for i in range(len(bundle.artworks)) if i != row], dtype=np.int64)
@@ -144,6 +153,8 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
     staging = bundle_io.staging_dir(out)
     try:
         _carry_images(out, staging, {a["stored_image"] for a in artworks if a.get("stored_image")})
+        if bundle.segments is not None:  # an added artwork has no segments; the others' keep their row numbers
+            _carry_images(out, staging, set(segment_files()))
         if new_image:
             (staging / new_image[0]).parent.mkdir(parents=True, exist_ok=True)
             (staging / new_image[0]).write_bytes(new_image[1])

@@ -191,6 +191,22 @@ def similar_artworks(
     return catalogue.similar(object_id, k, method)
 
 
+@get("/v1/artworks/{object_id:str}/segments", opt=PUBLIC, tags=["segments"], sync_to_thread=True,
+     summary="An artwork's SAM segments (polygons in reference pixels), largest first")
+def artwork_segments(catalogue: Catalogue, object_id: FromPath[str]) -> schemas.SegmentList:
+    return catalogue.segments_of(object_id)
+
+
+@get("/v1/segments/{segment_id:str}/similar", opt=PUBLIC, tags=["segments"], sync_to_thread=True,
+     summary="Segments across the collection most like this one (ids look like '<object_id>#<n>', URL-encoded)")
+def similar_segments(
+    catalogue: Catalogue, segment_id: FromPath[str],
+    k: Annotated[int, Parameter(ge=1, le=50)] = 8,
+    space: FromQuery[Literal["auto", "local", "dinov2"]] = "auto",
+) -> schemas.SimilarSegments:
+    return catalogue.similar_segments(segment_id, k, space)
+
+
 # -- admin --------------------------------------------------------------------------------------------------------
 @post("/v1/artworks", guards=[require_api_key], operation_class=AddArtworkOperation, status_code=201, opt=INTERNAL,
       tags=["admin"], summary="Add an artwork (indexed incrementally, persisted as a new bundle version)")
@@ -269,5 +285,6 @@ def web_page() -> File:
     return File(STATIC / "index.html", content_disposition_type="inline", media_type="text/html")
 
 
-ROUTES = [recognize, list_artworks, get_artwork, artwork_image, similar_artworks, add_artwork, delete_artwork,
+ROUTES = [recognize, list_artworks, get_artwork, artwork_image, similar_artworks, artwork_segments, similar_segments,
+          add_artwork, delete_artwork,
           reload_index, health, ready, metrics, web_page]

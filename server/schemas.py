@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from artlens.recognition.results import Candidate, ModelSummary
+from artlens.recognition.results import Candidate, ModelSummary, SegmentHit, SegmentInfo, SegmentRef
 
 
 class ErrorBody(msgspec.Struct):
@@ -12,11 +12,6 @@ class ErrorBody(msgspec.Struct):
     message: str  # for humans: what was wrong and what to do
     status: int
     request_id: str | None = None
-
-
-class SegmentRef(msgspec.Struct):
-    id: str
-    polygon: list[list[float]]  # [x, y] in [0, 1] of the reference image
 
 
 class RecognizedArtwork(msgspec.Struct):
@@ -33,6 +28,8 @@ class RecognizedArtwork(msgspec.Struct):
     similarity: float
     image_url: str
     reference_size: list[int]  # [width, height] of the reference image (segment polygons are in its pixels)
+    # The SAM segment of the reference the photo shows (a detail; bundles built with --segments): id, bbox and
+    # polygon rings (flat [x0, y0, x1, y1, …]) in reference-image pixels. None when the whole artwork is in view.
     segment: SegmentRef | None = None
 
     @classmethod
@@ -41,7 +38,8 @@ class RecognizedArtwork(msgspec.Struct):
         return cls(object_id=cand.object_id, metadata=cand.metadata, confidence=cand.confidence,
                    verified=cand.verified, outline=cand.outline, frame=frame, support=support,
                    inliers=cand.inliers, similarity=cand.similarity,
-                   image_url=f"/v1/artworks/{_quote(cand.object_id)}/image", reference_size=reference_size)
+                   image_url=f"/v1/artworks/{_quote(cand.object_id)}/image", reference_size=reference_size,
+                   segment=cand.segment)
 
 
 class ModelInfo(msgspec.Struct):
@@ -97,6 +95,37 @@ class SimilarResponse(msgspec.Struct):
     method: str  # "vlad" (weight-free local-feature index) or "dinov2" (global descriptor)
     pretrained: bool  # false: DINOv2 similarity is chance level, so "auto" uses VLAD
     results: list[SimilarArtwork]
+
+
+class SegmentList(msgspec.Struct):
+    object_id: str
+    reference_size: list[int]  # [width, height]: polygons and bboxes are in these pixels
+    segments: list[SegmentInfo]  # largest first; polygon rings flat [x0, y0, x1, y1, …]
+
+
+class SimilarSegment(msgspec.Struct):
+    id: str
+    object_id: str
+    score: float
+    bbox: list[float]
+    area: float
+    metadata: dict[str, str]
+    polygon: list[list[float]] | None
+    reference_size: list[int]
+    image_url: str
+
+    @classmethod
+    def from_hit(cls, hit: SegmentHit, reference_size: list[int]) -> SimilarSegment:
+        return cls(id=hit.id, object_id=hit.object_id, score=hit.score, bbox=hit.bbox, area=hit.area,
+                   metadata=hit.metadata, polygon=hit.polygon, reference_size=reference_size,
+                   image_url=f"/v1/artworks/{_quote(hit.object_id)}/image")
+
+
+class SimilarSegments(msgspec.Struct):
+    segment_id: str
+    space: str  # "local" (weight-free VLAD of the segment's keypoints) or "dinov2"
+    pretrained: bool
+    results: list[SimilarSegment]
 
 
 class AddedArtwork(msgspec.Struct):

@@ -264,6 +264,29 @@ class CatalogueService:
                 self._renditions.popitem(last=False)
         return entry
 
+    def _segments(self, state: IndexState):
+        if state.recognizer.segments is None:
+            raise ServiceError("no_segments", "this index was built without segments (artlens index build --segments"
+                               " --sam DIR)", 404)
+        return state.recognizer.segments
+
+    def segments_of(self, object_id: str) -> schemas.SegmentList:
+        state = self.holder.state
+        art = state.bundle.artworks[state.row(object_id)]
+        return schemas.SegmentList(object_id, [int(art["width"]), int(art["height"])],
+                                   self._segments(state).segments_of(object_id, with_polygons=True))
+
+    def similar_segments(self, segment_id: str, count: int, space: str) -> schemas.SimilarSegments:
+        state = self.holder.state
+        search_ = self._segments(state)
+        hits = search_.similar_segments(segment_id, count, space=space, with_polygons=True)
+        arts = state.bundle.artworks
+        pretrained = state.recognizer.embedder.info.pretrained
+        used = ("dinov2" if pretrained else "local") if space == "auto" else space
+        return schemas.SimilarSegments(segment_id, used, pretrained, [
+            schemas.SimilarSegment.from_hit(h, [int(arts[state.rows[h.object_id]]["width"]),
+                                                int(arts[state.rows[h.object_id]]["height"])]) for h in hits])
+
     def similar(self, object_id: str, count: int, method: str) -> schemas.SimilarResponse:
         """Nearest artworks to ``object_id`` by VLAD (weight-free) or DINOv2 vectors; "auto" picks the one that
         carries meaning: DINOv2 only with pretrained weights (random-init similarity is chance level)."""

@@ -75,8 +75,13 @@ function metadataList(metadata) {
 }
 
 function matchCard(m, rejected) {
-  const card = el("article", { class: "match" + (rejected ? " rejected" : ""), dataset: { objectId: m.object_id } },
-    el("img", { src: `${m.image_url}?size=256`, alt: `reference image of ${m.object_id}`, class: "reference" }),
+  let ref = el("img", { src: `${m.image_url}?size=256`, alt: `reference image of ${m.object_id}`, class: "reference" });
+  if (m.segment) {  // the photo shows a detail: glow that segment on the reference
+    ref = withOverlay(ref, svgOverlay(m.reference_size, [{ id: m.segment.id, rings: m.segment.polygon }], "segment matched"));
+  }
+  const card = el("article", { class: "match" + (rejected ? " rejected" : ""),
+    dataset: { objectId: m.object_id, segmentId: m.segment ? m.segment.id : "" } },
+    ref,
     el("div", {},
       el("h3", {}, m.metadata.title || m.object_id),
       el("p", {}, el("span", { class: "confidence" }, `${(m.confidence * 100).toFixed(1)} %`),
@@ -85,6 +90,65 @@ function matchCard(m, rejected) {
       metadataList({ id: m.object_id, ...m.metadata }),
       el("button", { class: "button", type: "button", onclick: () => showArtwork(m.object_id) }, "Similar artworks")));
   return card;
+}
+
+// -- segments (bundles built with --segments): polygons over a reference image, glow on hover, similar ones on click
+function svgOverlay(size, polygons, cls) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${size[0]} ${size[1]}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "segments");
+  for (const { id, rings } of polygons) {
+    const g = document.createElementNS(ns, "g");
+    g.setAttribute("class", cls);
+    g.dataset.segmentId = id;
+    for (const flat of rings) {
+      const poly = document.createElementNS(ns, "polygon");
+      const pts = [];
+      for (let i = 0; i + 1 < flat.length; i += 2) pts.push(`${flat[i]},${flat[i + 1]}`);
+      poly.setAttribute("points", pts.join(" "));
+      g.append(poly);
+    }
+    svg.append(g);
+  }
+  return svg;
+}
+
+function withOverlay(img, svg) {
+  const wrap = el("div", { class: "overlay-wrap" }, img);
+  wrap.append(svg);
+  return wrap;
+}
+
+async function showSegments(art) {
+  const id = encodeURIComponent(art.object_id);
+  let list;
+  try { list = await api(`/v1/artworks/${id}/segments`); } catch (err) { return; }  // an index without segments
+  const img = $("#detail-body img");
+  const svg = svgOverlay([art.width, art.height], list.segments.map((s) => ({ id: s.id, rings: s.polygon || [] })),
+    "segment");
+  img.replaceWith(withOverlay(img.cloneNode(), svg));
+  svg.querySelectorAll("g.segment").forEach((g) => g.addEventListener("click", () => similarSegments(g.dataset.segmentId)));
+  $("#detail-body").dataset.segments = String(list.segments.length);
+}
+
+async function similarSegments(segmentId) {
+  const box = $("#segment-similar");
+  try {
+    const res = await api(`/v1/segments/${encodeURIComponent(segmentId)}/similar?k=6`);
+    document.querySelectorAll("g.segment.selected").forEach((g) => g.classList.remove("selected"));
+    document.querySelectorAll(`g.segment[data-segment-id="${CSS.escape(segmentId)}"]`).forEach((g) => g.classList.add("selected"));
+    $("#segment-title").hidden = false;
+    $("#segment-method").textContent = res.space === "local" ? "(by local features; the model is not pretrained)" : "(by DINOv2)";
+    box.replaceChildren(...res.results.map((hit) => {
+      const img = el("img", { src: `/v1/artworks/${encodeURIComponent(hit.object_id)}/image?size=256`, alt: hit.object_id });
+      const svg = svgOverlay(hit.reference_size, [{ id: hit.id, rings: hit.polygon || [] }], "segment hit");
+      return el("button", { class: "tile", type: "button", dataset: { segmentId: hit.id },
+        onclick: () => showArtwork(hit.object_id) }, withOverlay(img, svg),
+      el("span", {}, hit.metadata.title || hit.object_id), el("span", {}, hit.score.toFixed(3)));
+    }));
+  } catch (err) { setStatus(err.message, true); }
 }
 
 async function recognise(files) {
@@ -144,6 +208,9 @@ async function showArtwork(objectId) {
     $("#similar-method").textContent = similar.method === "vlad"
       ? "(by local features — VLAD; the model is not pretrained)" : "(by DINOv2 embedding)";
     $("#similar").replaceChildren(...similar.results.map((r) => tile(r.artwork, r.score.toFixed(3))));
+    $("#segment-title").hidden = true;
+    $("#segment-similar").replaceChildren();
+    showSegments(art);
     $("#detail").scrollIntoView({ behavior: "smooth" });
   } catch (err) { setStatus(err.message, true); }
 }
