@@ -22,7 +22,7 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import File
 
 from artlens.recognition.burst import MAX_FRAMES
@@ -134,12 +134,12 @@ def _server_timing(timings_ms: dict[str, float]) -> str:
       summary="Recognise the artwork(s) in a photo or a burst of frames")
 async def recognize(
     request: Request, recognition: Recognition, settings: Config,
-    top_k: Annotated[int | None, Parameter(ge=1, le=100, description="shortlist size verified per frame")] = None,
-    min_confidence: Annotated[float | None, Parameter(ge=0.0, le=1.0, description="override the threshold")] = None,
-    creator: Annotated[str | None, Parameter(max_length=200)] = None,
-    artwork_type: Annotated[str | None, Parameter(query="type", max_length=200)] = None,
-    collection: Annotated[str | None, Parameter(max_length=200)] = None,
-    filter_: Annotated[list[str] | None, Parameter(query="filter", description="column:value, repeatable")] = None,
+    top_k: Annotated[int | None, QueryParameter(ge=1, le=100, description="shortlist size verified per frame")] = None,
+    min_confidence: Annotated[float | None, QueryParameter(ge=0.0, le=1.0, description="threshold override")] = None,
+    creator: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    artwork_type: Annotated[str | None, QueryParameter(name="type", max_length=200)] = None,
+    collection: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    filter_: Annotated[list[str] | None, QueryParameter(name="filter", description="column:value, repeatable")] = None,
 ) -> Response[schemas.RecognizeResponse]:
     """Filters restrict the search itself: the best match among the allowed artworks is found even when none of
     them would be in the unfiltered shortlist."""
@@ -153,10 +153,10 @@ async def recognize(
 @get("/v1/artworks", opt=PUBLIC, tags=["artworks"], sync_to_thread=False, summary="List or sample artworks")
 def list_artworks(
     catalogue: Catalogue,
-    random: Annotated[int | None, Parameter(ge=1, le=100, description="N random artworks")] = None,
-    seed: Annotated[int | None, Parameter(ge=0, le=2**31)] = None,
-    offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    random: Annotated[int | None, QueryParameter(ge=1, le=100, description="N random artworks")] = None,
+    seed: Annotated[int | None, QueryParameter(ge=0, le=2**31)] = None,
+    offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
 ) -> schemas.ArtworkList:
     return catalogue.random(random, seed) if random else catalogue.page(offset, limit)
 
@@ -170,7 +170,7 @@ def get_artwork(catalogue: Catalogue, object_id: FromPath[str]) -> schemas.Artwo
      media_type="image/jpeg", summary="Reference image as a JPEG rendition (ETag, 304 on If-None-Match)")
 def artwork_image(
     request: Request, catalogue: Catalogue, settings: Config, object_id: FromPath[str],
-    size: Annotated[int, Parameter(ge=16, le=4096, description="longer side; snapped up to an offered size")] = 512,
+    size: Annotated[int, QueryParameter(ge=16, le=4096, description="longer side, snapped up")] = 512,
 ) -> Response[bytes]:
     sizes = sorted(settings.rendition_sizes)
     size = next((s for s in sizes if s >= size), sizes[-1])
@@ -185,7 +185,7 @@ def artwork_image(
      summary="Visually similar artworks (VLAD without pretrained weights, DINOv2 with them)")
 def similar_artworks(
     catalogue: Catalogue, object_id: FromPath[str],
-    k: Annotated[int, Parameter(ge=1, le=50)] = 8,
+    k: Annotated[int, QueryParameter(ge=1, le=50)] = 8,
     method: FromQuery[Literal["auto", "vlad", "dinov2"]] = "auto",
 ) -> schemas.SimilarResponse:
     return catalogue.similar(object_id, k, method)
@@ -201,7 +201,7 @@ def artwork_segments(catalogue: Catalogue, object_id: FromPath[str]) -> schemas.
      summary="Segments across the collection most like this one (ids look like '<object_id>#<n>', URL-encoded)")
 def similar_segments(
     catalogue: Catalogue, segment_id: FromPath[str],
-    k: Annotated[int, Parameter(ge=1, le=50)] = 8,
+    k: Annotated[int, QueryParameter(ge=1, le=50)] = 8,
     space: FromQuery[Literal["auto", "local", "dinov2"]] = "auto",
 ) -> schemas.SimilarSegments:
     return catalogue.similar_segments(segment_id, k, space)
