@@ -6,7 +6,7 @@ SHARED := ../shared
 MODEL := models/dinov2-small
 OUT := out/demo
 
-.PHONY: venv model demo test lint bench eval-smvs clean
+.PHONY: venv model demo test lint bench eval-smvs serve loadtest clean
 
 venv: $(VENV)/.installed
 
@@ -53,6 +53,16 @@ eval-smvs: venv model
 
 bench: eval-smvs
 	$(BIN)/artlens bench recognition --index bundles/smvs --queries $(SHARED)/data/smvs-museum/queries.csv --json reports/bench.json
+
+# The HTTP service on the SMVS bundle of `make eval-smvs` (the Dockerfile serves the same paths by default).
+serve: venv
+	$(BIN)/artlens serve --index bundles/smvs --model $(MODEL)
+
+# Loopback load test (not part of `make test`): 32 clients posting real phone photos for 60 s, micro-batching on
+# and off, an index reload every 15 s. Numbers: docs/service.md.
+loadtest: venv
+	$(BIN)/artlens bench http --index bundles/smvs --model $(MODEL) --queries $(SHARED)/data/smvs-museum/queries.csv \
+	  --clients 32 --duration 60 --reload-every 15 --json reports/loadtest.json
 
 clean:
 	rm -rf $(OUT) bundles reports .pytest_cache

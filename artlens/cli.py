@@ -522,6 +522,76 @@ def bench_model(
         console.print(f"wrote {json_out}")
 
 
+@bench_app.command("http")
+def bench_http(
+    index: Annotated[Path, typer.Option(help="Bundle directory to serve.")],
+    queries: Annotated[Path, typer.Option(help="CSV image,expected: the phone photos the clients post.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
+    clients: Annotated[int, typer.Option(min=1, max=256, help="Concurrent clients.")] = 32,
+    duration: Annotated[float, typer.Option(min=1, max=600, help="Measured seconds per mode.")] = 60.0,
+    warmup: Annotated[float, typer.Option(min=0, max=300, help="Unmeasured seconds first.")] = 15.0,
+    reload_every: Annotated[float | None, typer.Option(min=1, help="Reload the index every N s under load.")] = None,
+    mode: Annotated[str, typer.Option(help="both | batched | unbatched (micro-batching on/off).")] = "both",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Load test of `artlens serve` on loopback: concurrent clients posting photos, with and without micro-batching."""
+    from artlens.eval.loadtest import run_loadtest
+
+    modes = ("batched", "unbatched") if mode == "both" else (mode,)
+    if any(m not in ("batched", "unbatched") for m in modes):
+        console.print(f"[red]error:[/red] --mode {mode!r}: choose both, batched or unbatched")
+        raise typer.Exit(2)
+    with _errors():
+        report = run_loadtest(index, queries, model=model, clients=clients, duration=duration, warmup=warmup,
+                              reload_every=reload_every, modes=modes, progress=lambda m: console.print(m))
+    table = Table(title=f"HTTP load test: {clients} clients, {duration:.0f} s ({report['machine']['cpu']})")
+    for col in ("mode", "req/s", "p50 ms", "p95 ms", "p99 ms", "statuses", "5xx (not 503)", "RSS MB (slope/min)",
+                "reloads", "mean batch"):
+        table.add_column(col)
+    for name, r in report["modes"].items():
+        lat, rss = r["latency_ms"], r["rss_mb"]
+        table.add_row(name, f"{r['throughput_rps']:.2f}", f"{lat['p50']:.0f}", f"{lat['p95']:.0f}", f"{lat['p99']:.0f}",
+                      str(r["statuses_all"]), str(r["server_errors"]),
+                      f"{rss['after_warmup']}→{rss['end']} ({rss['slope_mb_per_min']:+.1f})",
+                      str([x["status"] for x in r["reloads"]]), str(r["mean_onnx_batch"]))
+    out.print(table)
+    if "throughput_ratio_batched_vs_unbatched" in report:
+        out.print(f"throughput ratio batched / unbatched = {report['throughput_ratio_batched_vs_unbatched']:.3f}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def serve(
+    index: Annotated[Path | None, typer.Option(help="Bundle directory to serve (or ARTLENS_INDEX).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1, or ARTLENS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000, or ARTLENS_PORT).")] = None,
+    micro_batching: Annotated[bool | None, typer.Option("--micro-batching/--no-micro-batching",
+                                                        help="Share ONNX calls between concurrent photos.")] = None,
+) -> None:
+    """Run the HTTP service (Litestar on uvicorn). Other settings: ARTLENS_* variables (docs/service.md)."""
+    with _errors():
+        import uvicorn
+
+        from artlens.indexing.bundle import read_meta
+        from artlens.server.app import create_app
+        from artlens.server.settings import load_settings
+
+        settings = load_settings(index=str(index) if index else None, model=str(model) if model else None,
+                                 host=host, port=port, micro_batching=micro_batching)
+        if not settings.index:
+            raise typer.BadParameter("pass --index BUNDLE (or set ARTLENS_INDEX)")
+        meta = read_meta(Path(settings.index))  # a wrong path fails here as one line, before the server starts
+        _warn_if_random(meta["model"]["pretrained"])
+        application = create_app(settings)
+    # One process: the model and index are held once; concurrency comes from the inference thread pool.
+    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=30)
+
+
 def _segment_search(index: Path):
     from artlens.indexing.bundle import load_bundle
     from artlens.recognition.segments import SegmentSearch

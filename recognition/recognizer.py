@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 
 from artlens.embedder import Embedder
 from artlens.errors import BundleError, ModelError
-from artlens.imaging import DecodedImage, load_image, to_gray
+from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodedImage, load_image, to_gray
 from artlens.indexing.bundle import Bundle, load_bundle
 from artlens.indexing.vector_index import search
 from artlens.verification import (
@@ -138,24 +139,36 @@ class Recognizer:
                 self._cache.popitem(last=False)
         return desc
 
-    def analyse(self, source: str | Path | bytes, *, top_k: int | None = None, name: str | None = None
-                ) -> Analysis:
-        """Everything up to the decision: the verified shortlist with its evidence, and stage timings."""
+    def analyse(self, source: str | Path | bytes, *, top_k: int | None = None, name: str | None = None,
+                allowed: np.ndarray | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None,
+                max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Analysis:
+        """Everything up to the decision: the verified shortlist with its evidence, and stage timings.
+
+        ``allowed``: bundle rows the shortlist may hold (metadata filters, applied inside the FAISS searches).
+        ``embed``: rgb → descriptor [D]; the service passes a micro-batcher here so concurrent photos share one
+        ONNX call. Default: this photo alone through the embedder.
+        """
         k = int(top_k or self.config["top_k"])
         if k < 1:
             raise ValueError("top_k must be at least 1")
         t0 = time.perf_counter()
-        decoded = load_image(source, name=name, max_side=self.feature_config["max_side"])
+        decoded = load_image(source, name=name, max_side=self.feature_config["max_side"], max_pixels=max_pixels,
+                             max_bytes=max_bytes)
         t1 = time.perf_counter()
         features_job = self._feature_pool.submit(self._query_features, decoded.rgb)
-        vec = self.embedder.embed_arrays([decoded.rgb])
+        vec = self.embedder.embed_arrays([decoded.rgb]) if embed is None else embed(decoded.rgb)[None]
         t2 = time.perf_counter()
         qf, qd = features_job.result()
         t3 = time.perf_counter()
         votes = None
         if self.segments is not None and self.segments.cfg["enabled"]:
             votes = self.segments.vote(vec[0], qd, _regions(qf, self.config["vlad_regions"]))
-        shortlist = self.shortlist(vec[0], qf, qd, k, extra_rankings=votes.rankings if votes else ())
+            if allowed is not None:  # metadata filters restrict the segment votes too
+                keep = set(np.asarray(allowed).tolist())
+                votes = SegmentVotes([[r for r in ranking if r in keep] for ranking in votes.rankings],
+                                     {r: seg for r, seg in votes.best.items() if r in keep})
+        shortlist = self.shortlist(vec[0], qf, qd, k, allowed=allowed,
+                                   extra_rankings=votes.rankings if votes else ())
         if votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
             shortlist += votes.extra_rows(shortlist, self.segments.cfg["slots"])
         t4 = time.perf_counter()
@@ -172,9 +185,10 @@ class Recognizer:
         return qf, prepare(qf)
 
     def shortlist(self, query_vector: np.ndarray, query_features: LocalFeatures, query_descriptors: np.ndarray,
-                  k: int, extra_rankings: list[list[int]] | tuple = ()) -> list[int]:
+                  k: int, allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = ()
+                  ) -> list[int]:
         """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings (and ``extra_rankings``: the segment
-        votes), fused by reciprocal rank."""
+        votes), fused by reciprocal rank. ``allowed``: the rows metadata filters leave (searched, not post-filtered)."""
         mode = self.config["shortlist"]
         if mode == "auto":
             mode = "fused" if self.embedder.info.pretrained else "local"
@@ -182,9 +196,9 @@ class Recognizer:
             raise ValueError(f"unknown shortlist mode {mode!r} ({', '.join(SHORTLIST_MODES)})")
         rankings = [list(r) for r in extra_rankings]
         if mode in {"fused", "global"}:
-            rankings.append(search(self.bundle.index, query_vector[None], k)[1][0])
+            rankings.append(search(self.bundle.index, query_vector[None], k, allowed)[1][0])
         if mode in {"fused", "local"}:
-            rankings.append(self._vlad_ranking(query_features, query_descriptors, k))
+            rankings.append(self._vlad_ranking(query_features, query_descriptors, k, allowed))
         scores: dict[int, float] = {}
         for ranking in rankings:
             for rank, row in enumerate(ranking):
@@ -192,7 +206,8 @@ class Recognizer:
                     scores[int(row)] = scores.get(int(row), 0.0) + 1.0 / (self.config["rrf_k"] + rank + 1)
         return sorted(scores, key=lambda r: -scores[r])[:k]
 
-    def _vlad_ranking(self, query_features: LocalFeatures, query_descriptors: np.ndarray, k: int) -> list[int]:
+    def _vlad_ranking(self, query_features: LocalFeatures, query_descriptors: np.ndarray, k: int,
+                      allowed: np.ndarray | None = None) -> list[int]:
         """Top-k rows by VLAD similarity, each scored by its best region of the photo (max, not rank fusion: a
         painting that one region shows clearly is not outvoted by the regions that show the wall or its frame)."""
         if getattr(self, "_vlad_split", None) is None:  # (projection, index of compact VLADs), split once
@@ -204,7 +219,7 @@ class Recognizer:
         for vector in vlad_compact(vlads, projection):
             # One query at a time: FAISS runs a batch of a few queries on OpenMP threads, which on a busy 2-core
             # machine cost 20 ms instead of 0.03 ms.
-            sims, rows = search(index, vector[None], k)
+            sims, rows = search(index, vector[None], k, allowed)
             for row, sim in zip(rows[0].tolist(), sims[0].tolist(), strict=True):
                 if row >= 0 and sim > best.get(row, -np.inf):
                     best[row] = sim
@@ -258,9 +273,10 @@ class Recognizer:
         return sorted(scored, key=lambda c: (-c.confidence, -c.inliers))
 
     def recognize(self, source: str | Path | bytes, *, top_k: int | None = None,
-                  min_confidence: float | None = None, name: str | None = None) -> Recognition:
-        return self.decide(self.analyse(source, top_k=top_k, name=name), min_confidence=min_confidence,
-                           top_k=top_k)
+                  min_confidence: float | None = None, name: str | None = None,
+                  allowed: np.ndarray | None = None) -> Recognition:
+        return self.decide(self.analyse(source, top_k=top_k, name=name, allowed=allowed),
+                           min_confidence=min_confidence, top_k=top_k)
 
     def _candidate(self, ev: Evidence, confidence: float, threshold: float) -> Candidate:
         art = self.bundle.artworks[ev.row]

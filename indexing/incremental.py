@@ -1,0 +1,180 @@
+"""Change a bundle one artwork at a time (the service's admin routes), persisted as a new bundle version.
+
+An added artwork goes through exactly what ``build_bundle`` does to a collection row: decode, RootSIFT
+features, DINOv2 embedding, a VLAD vector over the bundle's *existing* vocabulary (no retraining, so every
+other vector stays valid), appended to both FAISS indexes. Its image is stored inside the bundle
+(``images/<sha256>.<ext>``) so the bundle stays self-contained. Removing an artwork rebuilds the two indexes
+from the stored vectors (exact indexes: milliseconds). The calibration is kept as it is: it was fitted on the
+collection's verification evidence, which one artwork more or less does not change.
+
+Every change is written like a build: into a sibling staging directory, checksummed, renamed into place
+(``bundle.commit``), with ``version`` bumped in ``bundle.json``; a restart loads the new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from artlens.embedder import Embedder
+from artlens.errors import ArtlensError
+from artlens.imaging import load_image, to_gray
+from artlens.verification import (
+    extract,
+    matching_space,
+    vlad_aggregate,
+    vlad_compact,
+    vlad_projection_index,
+    vlad_split_index,
+)
+
+from . import bundle as bundle_io
+from . import vector_index
+from .bundle import Bundle, ReferenceFeatures
+from .collection import resolve_image
+from .segments import segment_files
+
+IMAGE_DIR = "images"
+
+
+class ArtworkExists(ArtlensError):
+    code = "artwork_exists"
+
+
+class ArtworkNotFound(ArtlensError):
+    code = "artwork_not_found"
+
+
+class LastArtwork(ArtlensError):
+    code = "last_artwork"
+
+
+class SegmentsNeedRebuild(ArtlensError):
+    code = "segments_need_rebuild"
+
+
+def bundle_version(bundle: Bundle) -> int:
+    return int(bundle.meta.get("version", 1))
+
+
+def find_row(bundle: Bundle, object_id: str) -> int:
+    for row, art in enumerate(bundle.artworks):
+        if art["object_id"] == object_id:
+            return row
+    raise ArtworkNotFound(f"artwork {object_id!r} is not in this index")
+
+
+def image_source(bundle: Bundle, row: int) -> str | Path:
+    """Where artwork ``row``'s reference image lives: inside the bundle (added artworks) or as the CSV said."""
+    art = bundle.artworks[row]
+    if art.get("stored_image"):
+        return bundle.path / art["stored_image"]
+    return resolve_image(Path(bundle.meta.get("collection", {}).get("csv", bundle.path / "collection.csv")),
+                         art["image"])
+
+
+def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes, metadata: dict[str, str], *,
+                extension: str = "jpg", **load_limits) -> Bundle:
+    """Index one new artwork and write the next bundle version over ``bundle.path``; returns it, loaded."""
+    if any(art["object_id"] == object_id for art in bundle.artworks):
+        raise ArtworkExists(f"artwork {object_id!r} is already in this index; delete it first to replace it")
+    fcfg = bundle.meta["features"]["config"]
+    decoded = load_image(image, name=f"image of {object_id!r}", max_side=fcfg["max_side"], **load_limits)
+    feats = extract(to_gray(decoded.rgb), fcfg)
+    vector = embedder.embed_arrays([decoded.rgb])[0].astype(np.float32)
+    vlad = vlad_aggregate(matching_space(feats.descriptors, feats.method), bundle.vocabulary).astype(np.float32)
+    sha = hashlib.sha256(image).hexdigest()
+    stored = f"{IMAGE_DIR}/{sha[:32]}.{extension}"
+    width, height = decoded.original_size
+    artworks = [*bundle.artworks, {"object_id": object_id, "image": stored, "stored_image": stored,
+                                   "width": width, "height": height, "metadata": dict(metadata)}]
+    index = faiss.clone_index(bundle.index)
+    index.add(vector[None])
+    # The VLAD index may carry a PCA projection in front (IndexPreTransform, which FAISS cannot clone): add the
+    # compact vector to a copy of the inner index and put the same projection in front again.
+    projection, inner = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+    local_inner = faiss.clone_index(inner)
+    local_inner.add(vlad_compact(vlad[None], projection))
+    local_index = vlad_projection_index(projection, local_inner)
+    old = bundle.features
+    features = ReferenceFeatures(
+        keypoints=np.concatenate([np.asarray(old.keypoints), feats.keypoints.astype(np.float32)]),
+        descriptors=np.concatenate([np.asarray(old.descriptors), feats.descriptors.astype(np.uint8)]),
+        offsets=np.append(old.offsets, old.offsets[-1] + len(feats)),
+        sizes=np.concatenate([old.sizes, np.asarray([feats.image_size], dtype=np.int32)]),
+        method=old.method,
+    )
+    embeddings = np.concatenate([np.asarray(bundle.embeddings), vector[None]])
+    return _write_version(bundle, f"add {object_id}", artworks, embeddings, index, features, local_index,
+                          new_image=(stored, image))
+
+
+def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
+    """Drop one artwork and write the next bundle version over ``bundle.path``; returns it, loaded."""
+    row = find_row(bundle, object_id)
+    if bundle.segments is not None:
+        # Segment records and their two indexes are numbered by artwork row; renumbering them is a rebuild.
+        raise SegmentsNeedRebuild(f"artwork {object_id!r} cannot be deleted from a bundle with segments; rebuild"
+                                  " it without the artwork (artlens index build --segments)")
+    if len(bundle.artworks) == 1:
+        raise LastArtwork(f"artwork {object_id!r} is the only one in this index; an index cannot be empty")
+    keep = np.array([i for i in range(len(bundle.artworks)) if i != row], dtype=np.int64)
+    artworks = [bundle.artworks[i] for i in keep]
+    embeddings = np.asarray(bundle.embeddings)[keep]
+    # The VLAD index may carry a PCA projection (FAISS IndexPreTransform): rebuild its inner index of compact
+    # vectors and wrap it with the same projection again.
+    projection, inner = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+    compact = inner.reconstruct_n(0, inner.ntotal)[keep]
+    index, _ = vector_index.build_index(embeddings, bundle.meta["index"])
+    local_inner, _ = vector_index.build_index(compact, bundle.meta["local_index"])
+    local_index = vlad_projection_index(projection, local_inner)
+    old = bundle.features
+    parts = [old.get(int(i)) for i in keep]
+    features = ReferenceFeatures.from_list(parts, old.method)
+    return _write_version(bundle, f"delete {object_id}", artworks, embeddings, index, features, local_index)
+
+
+def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings: np.ndarray, index: faiss.Index,
+                   features: ReferenceFeatures, local_index: faiss.Index,
+                   new_image: tuple[str, bytes] | None = None) -> Bundle:
+    out = bundle.path
+    version = bundle_version(bundle) + 1
+    meta = {**bundle.meta, "version": version, "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "last_change": change,
+            "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
+            "index": {**bundle.meta["index"], "count": int(index.ntotal)},
+            "local_index": {**bundle.meta["local_index"], "count": int(local_index.ntotal)}}
+    staging = bundle_io.staging_dir(out)
+    try:
+        _carry_images(out, staging, {a["stored_image"] for a in artworks if a.get("stored_image")})
+        if bundle.segments is not None:  # an added artwork has no segments; the others' keep their row numbers
+            _carry_images(out, staging, set(segment_files()))
+        if new_image:
+            (staging / new_image[0]).parent.mkdir(parents=True, exist_ok=True)
+            (staging / new_image[0]).write_bytes(new_image[1])
+        bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, bundle.vocabulary,
+                                     local_index)
+        bundle_io.commit(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return bundle_io.load_bundle(out)
+
+
+def _carry_images(old: Path, staging: Path, keep: set[str]) -> None:
+    """Stored images still referenced move on to the new version (hard links: no copy where possible)."""
+    for rel in keep:
+        src, dst = old / rel, staging / rel
+        if not src.is_file():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)

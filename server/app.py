@@ -1,0 +1,79 @@
+"""The Litestar application: ``create_app(settings)``. Heavy objects load once in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
+
+import artlens
+
+from .errors import EXCEPTION_HANDLERS
+from .metrics import Metrics
+from .requestlog import configure_logging, request_log_middleware
+from .routes import ROUTES, STATIC
+from .services import CatalogueService, IndexHolder, RecognitionService
+from .settings import Settings, load_settings
+
+
+def _provider(name: str) -> Provide:
+    def provide(state: State):
+        return state[name]
+
+    return Provide(provide, sync_to_thread=False)
+
+
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Litestar:
+    settings = settings or load_settings()
+    if configure_logs:
+        configure_logging(settings.log_level, settings.log_json)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        holder = IndexHolder(settings, metrics)  # bundle + model: loaded once, shared by every request
+        recognition = RecognitionService(holder, settings, metrics)
+        app.state.update(holder=holder, recognition=recognition, catalogue=CatalogueService(holder, settings))
+        try:
+            yield
+        finally:
+            recognition.close()
+
+    middleware = [request_log_middleware]
+    if settings.rate_limit_per_minute > 0:
+        middleware.append(RateLimitConfig(rate_limit=("minute", settings.rate_limit_per_minute),
+                                          exclude_opt_key="skip_rate_limit").middleware)
+    cors = CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                      allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
+                      expose_headers=["Server-Timing", "X-Request-ID", "ETag", "Retry-After"]
+                      ) if settings.cors_origins else None
+    openapi = OpenAPIConfig(
+        title="artlens", version=artlens.__version__, path="/schema",
+        description="Recognise artworks in visitors' photos; browse a collection by visual similarity.",
+        render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
+        components=Components(security_schemes={"ApiKey": SecurityScheme(
+            type="apiKey", name="X-API-Key", security_scheme_in="header",
+            description="admin routes (ARTLENS_API_KEYS)")}))
+    return Litestar(
+        route_handlers=[*ROUTES, create_static_files_router(path="/static", directories=[STATIC],
+                                                            opt={"skip_rate_limit": True}, include_in_schema=False)],
+        lifespan=[lifespan],
+        state=State({"settings": settings, "metrics": metrics}),
+        dependencies={name: _provider(name) for name in ("holder", "recognition", "catalogue", "settings")},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=middleware,
+        cors_config=cors,
+        openapi_config=openapi,
+        request_max_body_size=settings.max_upload_bytes,
+        multipart_form_part_limit=32,
+        logging_config=None,
+    )

@@ -1,0 +1,170 @@
+"""Request and response bodies of the HTTP API (msgspec structs: Litestar encodes them and documents them)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from artlens.recognition.results import Candidate, ModelSummary, SegmentHit, SegmentInfo, SegmentRef
+
+
+class ErrorBody(msgspec.Struct):
+    code: str  # stable, machine-readable (docs/service.md lists them)
+    message: str  # for humans: what was wrong and what to do
+    status: int
+    request_id: str | None = None
+
+
+class RecognizedArtwork(msgspec.Struct):
+    """One verified artwork in the photo (or, in ``best_rejected``, the strongest one that failed)."""
+
+    object_id: str
+    metadata: dict[str, str]
+    confidence: float
+    verified: bool
+    outline: list[list[float]] | None  # quad TL, TR, BR, BL in [0, 1] coordinates of frame ``frame``
+    frame: int  # which burst frame the outline refers to (0 for a single photo)
+    support: int  # frames of the burst in which it verified
+    inliers: int
+    similarity: float
+    image_url: str
+    reference_size: list[int]  # [width, height] of the reference image (segment polygons are in its pixels)
+    # The SAM segment of the reference the photo shows (a detail; bundles built with --segments): id, bbox and
+    # polygon rings (flat [x0, y0, x1, y1, …]) in reference-image pixels. None when the whole artwork is in view.
+    segment: SegmentRef | None = None
+
+    @classmethod
+    def from_candidate(cls, cand: Candidate, frame: int, support: int, reference_size: list[int]
+                       ) -> RecognizedArtwork:
+        return cls(object_id=cand.object_id, metadata=cand.metadata, confidence=cand.confidence,
+                   verified=cand.verified, outline=cand.outline, frame=frame, support=support,
+                   inliers=cand.inliers, similarity=cand.similarity,
+                   image_url=f"/v1/artworks/{_quote(cand.object_id)}/image", reference_size=reference_size,
+                   segment=cand.segment)
+
+
+class ModelInfo(msgspec.Struct):
+    id: str
+    pretrained: bool
+    sha256: str
+    shortlist: str  # which ranking(s) chose the candidates: "fused" | "local" (VLAD) | "global" (DINOv2)
+
+    @classmethod
+    def from_summary(cls, summary: ModelSummary, shortlist: str) -> ModelInfo:
+        return cls(id=summary.id, pretrained=summary.pretrained, sha256=summary.sha256, shortlist=shortlist)
+
+
+class RecognizeResponse(msgspec.Struct):
+    status: str  # "match" | "no_match"
+    matches: list[RecognizedArtwork]
+    best_rejected: RecognizedArtwork | None
+    threshold: float
+    top_k: int
+    frames: int
+    image_size: list[int]  # [width, height] of frame 0, upright
+    filters: dict[str, str]
+    model: ModelInfo
+    bundle_version: int
+    timings_ms: dict[str, float]
+
+
+class Artwork(msgspec.Struct):
+    object_id: str
+    metadata: dict[str, str]
+    width: int
+    height: int
+    image_url: str
+
+    @classmethod
+    def from_row(cls, art: dict) -> Artwork:
+        return cls(object_id=art["object_id"], metadata=art["metadata"], width=int(art.get("width", 0)),
+                   height=int(art.get("height", 0)), image_url=f"/v1/artworks/{_quote(art['object_id'])}/image")
+
+
+class ArtworkList(msgspec.Struct):
+    artworks: list[Artwork]
+    total: int
+
+
+class SimilarArtwork(msgspec.Struct):
+    artwork: Artwork
+    score: float  # inner product in the index named by ``method``
+
+
+class SimilarResponse(msgspec.Struct):
+    object_id: str
+    method: str  # "vlad" (weight-free local-feature index) or "dinov2" (global descriptor)
+    pretrained: bool  # false: DINOv2 similarity is chance level, so "auto" uses VLAD
+    results: list[SimilarArtwork]
+
+
+class SegmentList(msgspec.Struct):
+    object_id: str
+    reference_size: list[int]  # [width, height]: polygons and bboxes are in these pixels
+    segments: list[SegmentInfo]  # largest first; polygon rings flat [x0, y0, x1, y1, …]
+
+
+class SimilarSegment(msgspec.Struct):
+    id: str
+    object_id: str
+    score: float
+    bbox: list[float]
+    area: float
+    metadata: dict[str, str]
+    polygon: list[list[float]] | None
+    reference_size: list[int]
+    image_url: str
+
+    @classmethod
+    def from_hit(cls, hit: SegmentHit, reference_size: list[int]) -> SimilarSegment:
+        return cls(id=hit.id, object_id=hit.object_id, score=hit.score, bbox=hit.bbox, area=hit.area,
+                   metadata=hit.metadata, polygon=hit.polygon, reference_size=reference_size,
+                   image_url=f"/v1/artworks/{_quote(hit.object_id)}/image")
+
+
+class SimilarSegments(msgspec.Struct):
+    segment_id: str
+    space: str  # "local" (weight-free VLAD of the segment's keypoints) or "dinov2"
+    pretrained: bool
+    results: list[SimilarSegment]
+
+
+class AddedArtwork(msgspec.Struct):
+    artwork: Artwork
+    bundle_version: int
+    keypoints: int
+
+
+class DeletedArtwork(msgspec.Struct):
+    object_id: str
+    bundle_version: int
+
+
+class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
+    index: str | None = None  # another bundle directory; default: reload the current path
+
+
+class ReloadResponse(msgspec.Struct):
+    index: str
+    bundle_version: int
+    artworks: int
+    previous_version: int
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct):
+    status: str  # "ready"
+    index: str
+    bundle_version: int
+    artworks: int
+    model: ModelInfo
+    micro_batching: bool
+    queue_depth: int
+
+
+def _quote(object_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(object_id, safe="")

@@ -1,0 +1,307 @@
+"""The service layer: what routes call. Heavy objects (embedder, bundle, recognizer) are loaded once at
+start-up (the app's lifespan) and shared; routes stay thin (litestar-fullstack style).
+
+- :class:`IndexHolder` owns the served index as an immutable :class:`IndexState` and swaps it atomically
+  (reload, add, delete): a request reads ``holder.state`` once and finishes on that snapshot, so a swap never
+  drops or corrupts an in-flight request. Changes are serialised by one lock.
+- :class:`RecognitionService` runs recognitions in a bounded thread pool off the event loop, admits at most
+  ``inference_threads + max_queue`` at once (then 503 + Retry-After), and optionally micro-batches the ONNX
+  forwards of concurrent photos.
+- :class:`CatalogueService`: browsing, reference-image renditions (ETag'd, cached), visual similarity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import hashlib
+import io
+import logging
+import math
+import random
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from artlens.embedder import Embedder
+from artlens.errors import ModelError
+from artlens.imaging import load_image
+from artlens.indexing import incremental
+from artlens.indexing.bundle import Bundle, load_bundle
+from artlens.indexing.collection import fetch_bytes
+from artlens.indexing.vector_index import search
+from artlens.recognition.batching import MicroBatcher
+from artlens.recognition.burst import recognize_burst
+from artlens.recognition.filters import allowed_rows
+from artlens.recognition.recognizer import Recognizer
+from artlens.verification import vlad_split_index
+
+from . import schemas
+from .errors import Overloaded, ServiceError
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("artlens.server")
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """One loaded bundle version with its recognizer: never mutated, replaced as a whole."""
+
+    recognizer: Recognizer
+    rows: dict[str, int]  # object_id → bundle row
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.recognizer.bundle
+
+    @property
+    def version(self) -> int:
+        return incremental.bundle_version(self.bundle)
+
+    @property
+    def shortlist(self) -> str:
+        mode = self.recognizer.config["shortlist"]
+        return ("fused" if self.recognizer.embedder.info.pretrained else "local") if mode == "auto" else mode
+
+    def model_info(self) -> schemas.ModelInfo:
+        return schemas.ModelInfo.from_summary(self.recognizer.model_summary, self.shortlist)
+
+    def row(self, object_id: str) -> int:
+        row = self.rows.get(object_id)
+        if row is None:
+            raise ServiceError("artwork_not_found", f"no artwork with id {object_id!r} in this index", 404)
+        return row
+
+
+class IndexHolder:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._lock = threading.Lock()  # one change (reload/add/delete) at a time
+        self.embedder: Embedder | None = None
+        self.state = self._load(load_bundle(settings.index))
+        log.info("serving %s (version %d, %d artworks, pretrained: %s)", self.state.bundle.path,
+                 self.state.version, len(self.state.rows), self.state.recognizer.embedder.info.pretrained)
+
+    def _embedder_for(self, bundle: Bundle) -> Embedder:
+        """The running embedder when the bundle was built with the same model, else that bundle's model."""
+        meta = bundle.meta["model"]
+        current = self.embedder
+        if current is not None and current.info.sha256 == meta.get("sha256") and current.pooling == meta["pooling"]:
+            return current
+        model_dir = Path(self.settings.model or meta.get("model_dir", ""))
+        if not model_dir.is_dir():
+            raise ModelError(f"model directory {str(model_dir)!r} of bundle {bundle.path} not found;"
+                             " set ARTLENS_MODEL")
+        return Embedder(model_dir, pooling=meta["pooling"])
+
+    def _load(self, bundle: Bundle) -> IndexState:
+        embedder = self._embedder_for(bundle)
+        recognizer = Recognizer(bundle, embedder=embedder, config={"top_k": self.settings.default_top_k})
+        state = IndexState(recognizer, {art["object_id"]: i for i, art in enumerate(bundle.artworks)})
+        self.embedder = embedder
+        self.metrics.bundle_version.set(state.version)
+        self.metrics.artworks.set(len(state.rows))
+        return state
+
+    def reload(self, path: str | None) -> tuple[int, IndexState]:
+        """Load (and fully check) a bundle, then swap it in; on any error the current one keeps serving."""
+        with self._lock:
+            previous = self.state.version
+            target = Path(path) if path else self.state.bundle.path
+            self.state = self._load(load_bundle(target))
+            log.info("reloaded %s: version %d → %d", target, previous, self.state.version)
+            return previous, self.state
+
+    def add(self, object_id: str, image: bytes, metadata: dict[str, str], extension: str) -> IndexState:
+        with self._lock:
+            state = self.state
+            bundle = incremental.add_artwork(state.bundle, state.recognizer.embedder, object_id, image, metadata,
+                                             extension=extension, max_pixels=self.settings.max_pixels,
+                                             max_bytes=self.settings.max_image_bytes)
+            self.state = self._load(bundle)
+            log.info("added artwork %s (version %d)", object_id, self.state.version)
+            return self.state
+
+    def delete(self, object_id: str) -> IndexState:
+        with self._lock:
+            self.state.row(object_id)
+            self.state = self._load(incremental.remove_artwork(self.state.bundle, object_id))
+            log.info("deleted artwork %s (version %d)", object_id, self.state.version)
+            return self.state
+
+
+class RecognitionService:
+    def __init__(self, holder: IndexHolder, settings: Settings, metrics: Metrics) -> None:
+        self.holder = holder
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="artlens-infer")
+        self.admin_executor = ThreadPoolExecutor(1, thread_name_prefix="artlens-admin")
+        self.pending = 0  # admitted, not finished (touched only on the event loop)
+        self._seconds = 1.0  # moving average of one recognition, for Retry-After
+        self._batchers: dict[int, MicroBatcher] = {}  # one per embedder (a reload may bring another model)
+        self._batchers_lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self.settings.inference_threads + self.settings.max_queue
+
+    def _embed_fn(self, embedder: Embedder):
+        if not self.settings.micro_batching:
+            return None
+        with self._batchers_lock:
+            batcher = self._batchers.get(id(embedder))
+            if batcher is None or batcher.embedder is not embedder:
+                batcher = MicroBatcher(embedder, max_batch=self.settings.batch_max,
+                                       max_wait_ms=self.settings.batch_wait_ms,
+                                       on_batch=self.metrics.batch_size.observe)
+                self._batchers[id(embedder)] = batcher
+        return batcher.embed
+
+    async def run_admin(self, fn, *args):
+        """Index changes run off the event loop too (they embed an image and write a bundle)."""
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.admin_executor,
+                                                                functools.partial(ctx.run, fn, *args))
+
+    async def recognize(self, frames: list[bytes], *, top_k: int | None, min_confidence: float | None,
+                        filters: dict[str, str]) -> schemas.RecognizeResponse:
+        if self.pending >= self.capacity:
+            self.metrics.rejected.inc()
+            wait = self._seconds * (self.pending + 1) / self.settings.inference_threads
+            raise Overloaded(int(min(60, max(1, math.ceil(wait)))))
+        self.pending += 1
+        self.metrics.queue_depth.set(self.pending)
+        state = self.holder.state  # this request's snapshot: a concurrent swap does not affect it
+        started = time.perf_counter()
+        try:
+            ctx = contextvars.copy_context()
+            job = functools.partial(ctx.run, self._recognize, state, frames, top_k, min_confidence, filters)
+            response = await asyncio.get_running_loop().run_in_executor(self.executor, job)
+        finally:
+            self.pending -= 1
+            self.metrics.queue_depth.set(self.pending)
+        self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - started)
+        self.metrics.observe_recognition(response.status, response.timings_ms)
+        return response
+
+    def _recognize(self, state: IndexState, frames: list[bytes], top_k: int | None, min_confidence: float | None,
+                   filters: dict[str, str]) -> schemas.RecognizeResponse:
+        allowed = allowed_rows(state.bundle, filters)
+        names = ["image" if len(frames) == 1 else f"image {i + 1} of {len(frames)}" for i in range(len(frames))]
+        burst = recognize_burst(state.recognizer, frames, top_k=top_k, min_confidence=min_confidence,
+                                allowed=allowed, embed=self._embed_fn(state.recognizer.embedder), names=names,
+                                max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_image_bytes)
+        result = burst.recognition
+
+        def present(cand):
+            art = state.bundle.artworks[state.rows[cand.object_id]]
+            return schemas.RecognizedArtwork.from_candidate(cand, burst.frames.get(cand.object_id, 0),
+                                                            burst.support.get(cand.object_id, 0),
+                                                            [int(art.get("width", 0)), int(art.get("height", 0))])
+
+        return schemas.RecognizeResponse(
+            status=result.status, matches=[present(c) for c in result.matches],
+            best_rejected=present(result.best_rejected) if result.best_rejected else None,
+            threshold=result.threshold, top_k=result.top_k, frames=burst.frame_count, image_size=result.image_size,
+            filters=filters, model=state.model_info(), bundle_version=state.version, timings_ms=result.timings_ms)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.admin_executor.shutdown(wait=True)
+        for batcher in self._batchers.values():
+            batcher.close()
+
+
+class CatalogueService:
+    def __init__(self, holder: IndexHolder, settings: Settings) -> None:
+        self.holder = holder
+        self.settings = settings
+        self._renditions: OrderedDict[tuple[str, int], tuple[bytes, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def random(self, count: int, seed: int | None) -> schemas.ArtworkList:
+        arts = self.holder.state.bundle.artworks
+        picks = random.Random(seed).sample(range(len(arts)), min(count, len(arts)))
+        return schemas.ArtworkList([schemas.Artwork.from_row(arts[i]) for i in picks], len(arts))
+
+    def page(self, offset: int, limit: int) -> schemas.ArtworkList:
+        arts = self.holder.state.bundle.artworks
+        return schemas.ArtworkList([schemas.Artwork.from_row(a) for a in arts[offset:offset + limit]], len(arts))
+
+    def get(self, object_id: str) -> schemas.Artwork:
+        state = self.holder.state
+        return schemas.Artwork.from_row(state.bundle.artworks[state.row(object_id)])
+
+    def rendition(self, object_id: str, size: int) -> tuple[bytes, str]:
+        """JPEG of the reference image, longer side ``size`` (never upscaled), and its ETag (content hash)."""
+        state = self.holder.state
+        source = incremental.image_source(state.bundle, state.row(object_id))
+        key = (str(source), size)
+        with self._lock:
+            hit = self._renditions.get(key)
+            if hit:
+                self._renditions.move_to_end(key)
+                return hit
+        data = fetch_bytes(source)
+        decoded = load_image(data, name=f"reference image of {object_id!r}", max_side=size)
+        buf = io.BytesIO()
+        Image.fromarray(decoded.rgb).save(buf, "JPEG", quality=85, optimize=True)
+        body = buf.getvalue()
+        entry = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        with self._lock:
+            self._renditions[key] = entry
+            while len(self._renditions) > self.settings.rendition_cache:
+                self._renditions.popitem(last=False)
+        return entry
+
+    def _segments(self, state: IndexState):
+        if state.recognizer.segments is None:
+            raise ServiceError("no_segments", "this index was built without segments (artlens index build --segments"
+                               " --sam DIR)", 404)
+        return state.recognizer.segments
+
+    def segments_of(self, object_id: str) -> schemas.SegmentList:
+        state = self.holder.state
+        art = state.bundle.artworks[state.row(object_id)]
+        return schemas.SegmentList(object_id, [int(art["width"]), int(art["height"])],
+                                   self._segments(state).segments_of(object_id, with_polygons=True))
+
+    def similar_segments(self, segment_id: str, count: int, space: str) -> schemas.SimilarSegments:
+        state = self.holder.state
+        search_ = self._segments(state)
+        hits = search_.similar_segments(segment_id, count, space=space, with_polygons=True)
+        arts = state.bundle.artworks
+        pretrained = state.recognizer.embedder.info.pretrained
+        used = ("dinov2" if pretrained else "local") if space == "auto" else space
+        return schemas.SimilarSegments(segment_id, used, pretrained, [
+            schemas.SimilarSegment.from_hit(h, [int(arts[state.rows[h.object_id]]["width"]),
+                                                int(arts[state.rows[h.object_id]]["height"])]) for h in hits])
+
+    def similar(self, object_id: str, count: int, method: str) -> schemas.SimilarResponse:
+        """Nearest artworks to ``object_id`` by VLAD (weight-free) or DINOv2 vectors; "auto" picks the one that
+        carries meaning: DINOv2 only with pretrained weights (random-init similarity is chance level)."""
+        state = self.holder.state
+        bundle = state.bundle
+        row = state.row(object_id)
+        pretrained = state.recognizer.embedder.info.pretrained
+        if method == "auto":
+            method = "dinov2" if pretrained else "vlad"
+        if method == "vlad":  # the compact VLAD vectors (the index may carry a PCA projection in front)
+            _, index = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+            vector = index.reconstruct(row)
+        else:
+            index, vector = bundle.index, np.asarray(bundle.embeddings[row], dtype=np.float32)
+        scores, ids = search(index, vector[None], count + 1)
+        results = [schemas.SimilarArtwork(schemas.Artwork.from_row(bundle.artworks[int(i)]), round(float(s), 5))
+                   for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and int(i) != row][:count]
+        return schemas.SimilarResponse(object_id=object_id, method=method, pretrained=pretrained, results=results)

