@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,26 +74,13 @@ def dinov2(
     """Export DINOv2 to ONNX with dynamic batch/height/width, verified against PyTorch."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep transformers' notices off the terminal
     started = time.perf_counter()
-    try:
-        with _StageProgress() as stages:
-            from artlens.export.dinov2 import export_dinov2
+    with _export_errors("PyTorch, transformers and onnx"), _StageProgress() as stages:
+        from artlens.export.dinov2 import export_dinov2
 
-            meta = export_dinov2(model, out, random_init=random_init, seed=seed, size=size,
-                                 geometry=geometry.value, pooling=pooling.value, precision=precision.value,
-                                 opset=opset, tolerance=tolerance,
-                                 allow_download=True if allow_download else None, progress=stages.report)
-    except ArtlensError as exc:
-        _fail(str(exc))
-    except ImportError as exc:
-        _fail(f"artlens export needs PyTorch, transformers and onnx ({exc.name} is not installed): "
-              "pip install 'artlens[export]'")
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow] (nothing was written)")
-        raise typer.Exit(130) from None
-    except Exception as exc:  # a bug, not a user error: one line, traceback on request
-        if os.environ.get("ARTLENS_DEBUG"):
-            raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (set ARTLENS_DEBUG=1 for the traceback)")
+        meta = export_dinov2(model, out, random_init=random_init, seed=seed, size=size,
+                             geometry=geometry.value, pooling=pooling.value, precision=precision.value,
+                             opset=opset, tolerance=tolerance,
+                             allow_download=True if allow_download else None, progress=stages.report)
     _summary(meta, Path(out), time.perf_counter() - started)
 
 
@@ -113,25 +102,12 @@ def sam(
 ) -> None:
     """Export Segment Anything: image encoder + prompt-batched mask decoder, verified against PyTorch."""
     started = time.perf_counter()
-    try:
-        with _StageProgress() as stages:
-            from artlens.export.sam import export_sam
+    with _export_errors("PyTorch, segment-anything and onnx"), _StageProgress() as stages:
+        from artlens.export.sam import export_sam
 
-            meta = export_sam(out, checkpoint=checkpoint, model_type="tiny" if tiny else model_type.value,
-                              random_init=random_init, seed=seed, opset=opset, tolerance=tolerance,
-                              progress=stages.report)
-    except ArtlensError as exc:
-        _fail(str(exc))
-    except ImportError as exc:
-        _fail(f"artlens export sam needs PyTorch, segment-anything and onnx ({exc.name} is not installed): "
-              "pip install 'artlens[export]'")
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow] (nothing was written)")
-        raise typer.Exit(130) from None
-    except Exception as exc:  # a bug, not a user error: one line, traceback on request
-        if os.environ.get("ARTLENS_DEBUG"):
-            raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (set ARTLENS_DEBUG=1 for the traceback)")
+        meta = export_sam(out, checkpoint=checkpoint, model_type="tiny" if tiny else model_type.value,
+                          random_init=random_init, seed=seed, opset=opset, tolerance=tolerance,
+                          progress=stages.report)
     if not meta["pretrained"]:
         console.print(Panel("[bold]pretrained: false[/bold] — random SAM weights: masks are meaningless; for "
                             "real segments export a checkpoint (--checkpoint) or use a ready SAM-compatible "
@@ -145,6 +121,27 @@ def sam(
         f"{meta['image_size']} px, {meta['decoder']['masks_per_prompt']} masks per prompt, prompt-batched; parity "
         f"max |Δ| encoder {parity['encoder_max_abs_diff']:.2g}, decoder {parity['decoder_max_abs_diff']:.2g} "
         f"(tolerance {parity['tolerance']:g}); {time.perf_counter() - started:.1f}s", highlight=False)
+
+
+@contextmanager
+def _export_errors(needs: str) -> Iterator[None]:
+    """User errors are one red line (exit 2), a missing extra says what to install, a bug is one line too
+    (the traceback with ARTLENS_DEBUG=1); an interrupted export has written nothing."""
+    try:
+        yield
+    except ArtlensError as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"artlens export needs {needs} ({exc.name} is not installed): pip install 'artlens[export]'")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow] (nothing was written)")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug, not a user error: one line, traceback on request
+        if os.environ.get("ARTLENS_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (set ARTLENS_DEBUG=1 for the traceback)")
 
 
 def _fail(message: str) -> None:

@@ -173,13 +173,13 @@ def _check_size(size: int, patch: int | None) -> None:
                           f"(e.g. {16 * patch}, {32 * patch}, {37 * patch})")
 
 
-def _check_out_dir(out: Path) -> None:
+def _check_out_dir(out: Path, own_files: set[str] = BUNDLE_FILES) -> None:
     """Refuse to replace anything but an empty directory or an earlier export (never someone's folder)."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ExportError(f"--out {out}: exists and is not a directory")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in own_files)
     if foreign:
         shown = ", ".join(foreign[:3]) + ("…" if len(foreign) > 3 else "")
         raise ExportError(f"--out {out}: exists and holds files an export would delete ({shown}); "

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from artlens.export.dinov2 import FORMAT, OPSETS, Progress, _swap_into_place
+from artlens.export.dinov2 import FORMAT, OPSETS, Progress, _check_out_dir, _swap_into_place
 from artlens.export.errors import ExportError
 from artlens.hashing import file_sha256
 
@@ -57,7 +57,7 @@ def export_sam(out_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         raise ExportError(f"--tolerance {tolerance}: must be a positive number")
     tol = float(tolerance if tolerance is not None else CONFIG["tolerance"])
     ckpt_path = _check_checkpoint_file(checkpoint) if checkpoint is not None else None
-    _check_out_dir(out)
+    _check_out_dir(out, BUNDLE_FILES)
 
     import torch  # here, not at import: `artlens` without the export extra must still import this package
 
@@ -172,17 +172,6 @@ def _export_alone(export: Any, path: Path) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
-def _check_out_dir(out: Path) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a directory")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES)
-    if foreign:
-        shown = ", ".join(foreign[:3]) + ("…" if len(foreign) > 3 else "")
-        raise ExportError(f"--out {out}: exists and holds files an export would delete ({shown}); "
-                          "choose a new or empty directory")
 
 
 def _file_meta(path: Path) -> dict[str, Any]:
