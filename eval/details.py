@@ -13,7 +13,6 @@ Writes ``photos/*.jpg``, ``queries.csv`` (``image,expected``; empty expected = n
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from artlens.errors import ArtlensError, CollectionError
 from artlens.imaging import load_image
 from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
 from artlens.recognition.calibrate import phone_effects
+
+from .queries import write_queries
 
 DETAIL_CONFIG: dict = {
     "area": (0.10, 0.40),  # fraction of the artwork the detail shows (issue 3)
@@ -159,11 +160,7 @@ def make_detail_queries(collection_csv: str | Path, out_dir: str | Path, *, coun
                 raise CollectionError(f"{distractors_csv}: {clash[0]} is also in {collection_csv}; distractors must"
                                       " be artworks the collection does not hold")
             records += _photograph(Path(distractors_csv), n_nomatch, rng, out, "nomatch", False, cfg)
-    queries = out / "queries.csv"
-    with open(queries, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "expected"])
-        writer.writerows((r["image"], r["expected"]) for r in records)
+    queries = write_queries(out / "queries.csv", ((r["image"], r["expected"]) for r in records))
     summary = {"collection": str(collection_csv), "distractors": str(distractors_csv) if distractors_csv else None,
                "seed": seed, "config": {k: v for k, v in cfg.items()}, "photos": records}
     (out / "details.json").write_text(json.dumps(summary, indent=1))

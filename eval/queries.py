@@ -30,6 +30,15 @@ def read_queries(path: str | Path) -> list[tuple[int, Path, list[str]]]:
     return rows
 
 
+def write_queries(path: Path, rows) -> Path:
+    """``path`` as a queries CSV (``image,expected``; ``expected`` ';'-separated, empty = no match)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "expected"])
+        writer.writerows(rows)
+    return path
+
+
 def labelled_photos(path: str | Path, bundle: Bundle) -> list[LabelledPhoto]:
     """Queries as bundle rows; an expected id the bundle lacks is an error (the label could never be met)."""
     row_of = {a["object_id"]: i for i, a in enumerate(bundle.artworks)}

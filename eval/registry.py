@@ -17,7 +17,7 @@ from pathlib import Path
 from artlens.errors import CollectionError
 
 from .datasets import SHARED, met_collection, museum_mix, shared_dataset
-from .queries import read_queries
+from .queries import read_queries, write_queries
 from .visitor import SEVERITIES
 
 
@@ -158,12 +158,7 @@ def _mix_real_queries(out: Path) -> Path:
         ds = shared_dataset(name)
         for _, photo, expected in read_queries(ds.queries):
             rows.append((str(photo.resolve()), ";".join(expected)))  # ids already carry smvs-/estense-
-    path = out / "queries-real.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "expected"])
-        writer.writerows(rows)
-    return path
+    return write_queries(out / "queries-real.csv", rows)
 
 
 def load_user(folder: Path) -> Callable[[Path, list[str], int], Prepared]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,8 @@ from artlens.errors import ArtlensError, CollectionError
 from artlens.imaging import load_image
 from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
 from artlens.recognition.calibrate import simulate_visitor_photo
+
+from .queries import write_queries
 
 
 def simulate_collection_photos(collection_csv: str | Path, out_dir: str | Path, *, count: int, seed: int = 0) -> Path:
@@ -33,12 +34,7 @@ def simulate_collection_photos(collection_csv: str | Path, out_dir: str | Path, 
         name = f"visitor-{n:03d}-{row.object_id}.jpg".replace("/", "_")
         (out / name).write_bytes(simulate_visitor_photo(rgb, rng))
         lines.append((name, row.object_id))
-    queries = out / "queries.csv"
-    with open(queries, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "expected"])
-        writer.writerows(lines)
-    return queries
+    return write_queries(out / "queries.csv", lines)
 
 
 def _load_rows(collection_csv: str | Path, ids: list[str] | None) -> list[tuple[str, np.ndarray]]:
@@ -89,9 +85,4 @@ def simulate_visitor_set(collection_csv: str | Path, out_dir: str | Path, *, see
             lines.append((name, expected))
         if progress:
             progress(min(start + batch, len(sources)), len(sources))
-    queries = out / "queries.csv"
-    with open(queries, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "expected"])
-        writer.writerows(lines)
-    return queries
+    return write_queries(out / "queries.csv", lines)
