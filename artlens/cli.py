@@ -766,6 +766,9 @@ def bench_segments(
                                                          " museum-mix artworks (default: all 336).")] = None,
     detail_queries: Annotated[int | None, typer.Option(min=1, help="Detail photos of collection artworks.")] = None,
     nomatch_queries: Annotated[int | None, typer.Option(min=0, help="Detail photos of distractors.")] = None,
+    compare_modes: Annotated[bool, typer.Option("--compare-modes", help="Also compare crop and pooled segment"
+                                                " vectors as a shortlist (one DINOv2 forward per segment).")]
+    = False,
 ) -> None:
     """Segments: indexing cost vs the prototype's recipe, detail-photo recall, segment index size and recall."""
     from artlens.eval.segbench import bench_segments as run_bench
@@ -773,6 +776,7 @@ def bench_segments(
     overrides = {k: v for k, v in {"cost_images": cost_images, "collection_limit": collection_limit,
                                    "detail_queries": detail_queries, "nomatch_queries": nomatch_queries}.items()
                  if v is not None}
+    overrides["compare_modes"] = compare_modes
     with _errors(), _progress() as bars:
         tasks: dict[str, int] = {}
 

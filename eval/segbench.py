@@ -50,7 +50,7 @@ DEFAULT_CONFIG: dict = {
     "segment_mode": "pooled",
     "calibration_photos": 200,  # simulated visitor photos each bundle is calibrated on (as `index build`)
     "calibration_fpr": 0.01,  # the build's default target
-    "compare_modes": True,  # crop vs pooled vectors of the segment bundle's masks
+    "compare_modes": False,  # crop vs pooled vectors of the segment bundle's masks (docs/segments-benchmark.md)
 }
 
 QUICK_CONFIG: dict = {  # a smoke test of every part for `make test`: settings shrunk, numbers meaningless

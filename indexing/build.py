@@ -89,7 +89,7 @@ def build_bundle(
     segmenter = None
     if sam_dir is not None:
         segmenter = segments_io.SegmentCollector(sam_dir, embedder,
-                                                 {**segments_io.DEFAULT_CONFIG, **cfg["segments"]})
+                                                 {**segments_io.DEFAULT_CONFIG, **cfg["segments"]}, fcfg)
     tick = progress or (lambda stage, done, total: None)
 
     artworks: list[dict] = []
@@ -115,8 +115,11 @@ def build_bundle(
         artworks.append({"object_id": row.object_id, "image": row.image, "width": width, "height": height,
                          "metadata": row.metadata})
         if segmenter is not None:  # one artwork at a time: its forward also feeds the pooled segment vectors
+            # The segments' detail features are cut from a larger decode of the same bytes.
+            detail_rgb = load_image(data, max_side=segmenter.cfg["detail_side"]).rgb \
+                if segmenter.cfg["detail_keypoints"] > 0 else None
             vectors.append(segmenter.add(len(artworks) - 1, row.object_id, decoded.rgb, (width, height),
-                                         feats[-1])[None])
+                                         feats[-1], detail_rgb)[None])
             tick("images", done, total)
             continue
         pending.append(decoded.rgb)

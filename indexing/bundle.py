@@ -111,7 +111,7 @@ def write_meta(directory: Path, meta: dict) -> None:
     files = ["artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss"]
     files += [f"features/{f}" for f in FEATURE_FILES]
     if meta.get("segments"):
-        files += segment_files()
+        files += segment_files(meta["segments"])
     meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
     tmp = directory / "bundle.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))

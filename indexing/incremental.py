@@ -154,7 +154,7 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
     try:
         _carry_images(out, staging, {a["stored_image"] for a in artworks if a.get("stored_image")})
         if bundle.segments is not None:  # an added artwork has no segments; the others' keep their row numbers
-            _carry_images(out, staging, set(segment_files()))
+            _carry_images(out, staging, set(segment_files(bundle.meta["segments"])))
         if new_image:
             (staging / new_image[0]).parent.mkdir(parents=True, exist_ok=True)
             (staging / new_image[0]).write_bytes(new_image[1])

