@@ -6,7 +6,7 @@ import pytest
 
 from artlens.imaging import load_image, to_gray
 from artlens.verification import extract, prepare, verify
-from artlens.verification.geometry import degeneracy, project_corners
+from artlens.verification.geometry import degeneracy, inlier_extent, project_corners
 
 from .conftest import SMVS, needs_shared
 
@@ -72,6 +72,23 @@ def test_degenerate_homographies_are_named():
     assert "aspect" in degeneracy(squeezed, ref, photo)
     horizon = np.array([[1, 0, 0], [0, 1, 0], [-0.004, 0, 1.0]])  # corner x=400 hits the line at infinity
     assert degeneracy(horizon, ref, photo) in {"outline crosses the horizon", "outline goes to infinity"}
+
+
+def test_detail_homography_is_judged_where_its_matches_are():
+    """A close-up of the left third of a canvas, seen from its left: a correct homography whose extrapolation to
+    the far side of the canvas passes the horizon. Judged on the inliers' extent it is plausible; a mirrored one
+    stays refused whatever the extent."""
+    ref, photo = (1200, 400), (800, 600)
+    # The projective term shrinks the canvas towards its right side, as seen from the left: fine over the
+    # inliers (x ≤ 400: the far side 1.6× shorter), past the horizon at x = 1111.
+    H = np.array([[1.6, 0, 0], [0, 1.5, 0], [-0.0009, 0, 1.0]])
+    assert degeneracy(H, ref, photo) is not None  # the whole canvas extrapolated
+    inliers = np.float32([[20, 20], [380, 30], [370, 380], [30, 370], [200, 200]])
+    extent = inlier_extent(inliers, ref)
+    assert extent[2] < 450  # the inliers span the left third
+    assert degeneracy(H, ref, photo, extent=extent) is None
+    mirrored = np.diag([-1.0, 1.0, 1.0]) @ np.array([[1, 0, -400], [0, 1, 0], [0, 0, 1.0]])
+    assert degeneracy(mirrored, ref, photo, extent=extent) == "outline is mirrored"
 
 
 def test_project_corners_identity():
