@@ -7,6 +7,12 @@ other vector stays valid), appended to both FAISS indexes. Its image is stored i
 from the stored vectors (exact indexes: milliseconds). The calibration is kept as it is: it was fitted on the
 collection's verification evidence, which one artwork more or less does not change.
 
+On a bundle with segments: an added artwork gets no segments (the service runs no SAM model; the answer says
+so), the others' segment files are carried over unchanged (their artwork rows do not move). Removing an artwork
+drops its segments, shifts the ``artwork`` row of every later segment down by one, and rebuilds both segment
+indexes from the kept vectors with the settings recorded in ``bundle.json``; the VLAD→local PCA projection is
+kept as it is (fitted on the whole collection, like the calibration).
+
 Every change is written like a build: into a sibling staging directory, checksummed, renamed into place
 (``bundle.commit``), with ``version`` bumped in ``bundle.json``; a restart loads the new version.
 """
@@ -38,7 +44,7 @@ from . import bundle as bundle_io
 from . import vector_index
 from .bundle import Bundle, ReferenceFeatures
 from .collection import resolve_image
-from .segments import segment_files
+from .segments import DetailFeatures, SegmentStore, segment_files, segment_vector_index
 
 IMAGE_DIR = "images"
 
@@ -53,10 +59,6 @@ class ArtworkNotFound(ArtlensError):
 
 class LastArtwork(ArtlensError):
     code = "last_artwork"
-
-
-class SegmentsNeedRebuild(ArtlensError):
-    code = "segments_need_rebuild"
 
 
 def bundle_version(bundle: Bundle) -> int:
@@ -118,10 +120,6 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
 def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
     """Drop one artwork and write the next bundle version over ``bundle.path``; returns it, loaded."""
     row = find_row(bundle, object_id)
-    if bundle.segments is not None:
-        # Segment records and their two indexes are numbered by artwork row; renumbering them is a rebuild.
-        raise SegmentsNeedRebuild(f"artwork {object_id!r} cannot be deleted from a bundle with segments; rebuild"
-                                  " it without the artwork (artlens index build --segments)")
     if len(bundle.artworks) == 1:
         raise LastArtwork(f"artwork {object_id!r} is the only one in this index; an index cannot be empty")
     keep = np.array([i for i in range(len(bundle.artworks)) if i != row], dtype=np.int64)
@@ -137,12 +135,69 @@ def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
     old = bundle.features
     parts = [old.get(int(i)) for i in keep]
     features = ReferenceFeatures.from_list(parts, old.method)
-    return _write_version(bundle, f"delete {object_id}", artworks, embeddings, index, features, local_index)
+    segments = None
+    if bundle.segments is not None:
+        segments = remove_artwork_segments(bundle.segments, bundle.meta["segments"], row)
+    return _write_version(bundle, f"delete {object_id}", artworks, embeddings, index, features, local_index,
+                          segments=segments)
+
+
+def remove_artwork_segments(store: SegmentStore, desc: dict, row: int) -> tuple[SegmentStore, dict]:
+    """``store`` without artwork ``row``'s segments, later rows shifted down by one, both indexes rebuilt from
+    the kept vectors with the settings ``desc`` (bundle.json's ``segments``) records; returns it and its new
+    description."""
+    keep = np.flatnonzero(store.artwork != row)
+    artwork = store.artwork[keep].astype(np.int32)
+    artwork[artwork > row] -= 1
+    records = []
+    for j, new_row in zip(keep, artwork, strict=True):
+        records.append({**store.records[int(j)], "artwork": int(new_row)})
+    vectors = np.ascontiguousarray(np.asarray(store.vectors)[keep], np.float32)
+    local = np.ascontiguousarray(np.asarray(store.local)[keep], np.float32)
+    index, index_desc = segment_vector_index(vectors, _compressed_settings(desc["index"]))
+    local_index, local_desc = vector_index.build_index(local, _exact_settings(desc["local"]["index"]))
+    detail = None
+    if store.detail is not None:  # per-segment detail features: keep the kept segments' rows, in order
+        detail = DetailFeatures.from_list([store.detail.of(int(j)) for j in keep])
+    new = SegmentStore(records, artwork, vectors, index, local, local_index, store.pca_mean, store.pca_components,
+                       detail)
+    new_desc = {**desc, "count": len(records), "artworks_with_segments": len(set(artwork.tolist())),
+                "index": index_desc,
+                "local": {**desc["local"], "index": local_desc,
+                          "with_descriptor": int((np.linalg.norm(local, axis=1) > 0).sum()) if len(local) else 0}}
+    if detail is not None and "detail" in desc:
+        new_desc["detail"] = {**desc["detail"], "keypoints": int(detail.offsets[-1]),
+                              "segments_with_detail": int(np.count_nonzero(np.diff(detail.offsets)))}
+    new_desc["files"] = segment_files(new_desc)
+    return new, new_desc
+
+
+def _compressed_settings(recorded: dict) -> dict:
+    """The build settings of a segment vector index, read back from its recorded description: the same recipe,
+    list count and recall target, so a delete does not quietly change how the index searches."""
+    settings = {"exact_below": recorded.get("exact_below", vector_index.DEFAULT_CONFIG["exact_below"])}
+    if not recorded.get("exact", True):
+        settings["recipe"] = recorded["recipe"]
+        for key, name in (("nlist", "nlist"), ("target_recall_10at10", "target_recall")):
+            if recorded.get(key) is not None:
+                settings[name] = recorded[key]
+    return settings
+
+
+def _exact_settings(recorded: dict) -> dict:
+    """The build settings of ``vector_index.build_index`` read back from its recorded description."""
+    settings = {"exact_below": recorded.get("exact_below", vector_index.DEFAULT_CONFIG["exact_below"])}
+    for key, name in (("m", "hnsw_m"), ("ef_construction", "hnsw_ef_construction"), ("ef_search", "hnsw_ef_search")):
+        if key in recorded:
+            settings[name] = recorded[key]
+    return settings
 
 
 def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings: np.ndarray, index: faiss.Index,
                    features: ReferenceFeatures, local_index: faiss.Index,
-                   new_image: tuple[str, bytes] | None = None) -> Bundle:
+                   new_image: tuple[str, bytes] | None = None,
+                   segments: tuple[SegmentStore, dict] | None = None) -> Bundle:
+    """``segments``: a changed segment store and its description (delete); None carries the old files over."""
     out = bundle.path
     version = bundle_version(bundle) + 1
     meta = {**bundle.meta, "version": version, "updated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -150,16 +205,23 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
             "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
             "index": {**bundle.meta["index"], "count": int(index.ntotal)},
             "local_index": {**bundle.meta["local_index"], "count": int(local_index.ntotal)}}
+    if segments is not None:
+        meta["segments"] = segments[1]
     staging = bundle_io.staging_dir(out)
     try:
         _carry_images(out, staging, {a["stored_image"] for a in artworks if a.get("stored_image")})
-        if bundle.segments is not None:  # an added artwork has no segments; the others' keep their row numbers
+        if segments is not None:  # first: bundle.json's checksums cover these files
+            segments[0].write(staging)
+        elif bundle.segments is not None:  # an added artwork has no segments; the others' keep their row numbers
             _carry_images(out, staging, set(segment_files(bundle.meta["segments"])))
         if new_image:
             (staging / new_image[0]).parent.mkdir(parents=True, exist_ok=True)
             (staging / new_image[0]).write_bytes(new_image[1])
         bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, bundle.vocabulary,
                                      local_index)
+        # Load the new version fully (counts, segment rows, checksums) before it replaces the served one: a
+        # change that fails here leaves the bundle on disk as it was.
+        bundle_io.load_bundle(staging)
         bundle_io.commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

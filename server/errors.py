@@ -49,7 +49,6 @@ STATUS_BY_CODE = {
     "artwork_not_found": 404,
     "not_found": 404,  # an unknown segment id (UnknownIdError)
     "last_artwork": 409,
-    "segments_need_rebuild": 409,
     "bad_bundle": 422,
     "bad_model": 422,
 }

