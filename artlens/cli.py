@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -545,15 +546,21 @@ def bench_http(
         report = run_loadtest(index, queries, model=model, clients=clients, duration=duration, warmup=warmup,
                               reload_every=reload_every, modes=modes, progress=lambda m: console.print(m))
     table = Table(title=f"HTTP load test: {clients} clients, {duration:.0f} s ({report['machine']['cpu']})")
-    for col in ("mode", "req/s", "p50 ms", "p95 ms", "p99 ms", "statuses", "5xx (not 503)", "RSS MB (slope/min)",
-                "reloads", "mean batch"):
+    for col in ("mode", "req/s", "p50 ms", "p95 ms", "p99 ms", "statuses", "5xx (not 503)",
+                "RSS MB after warm-up → end (peak)", "RSS slope MB/min (2nd half)", "reloads", "mean batch"):
         table.add_column(col)
+
+    def per_min(value: float | None) -> str:
+        return "—" if value is None else f"{value:+.1f}"
+
     for name, r in report["modes"].items():
         lat, rss = r["latency_ms"], r["rss_mb"]
+        reloads = Counter(str(x["status"]) for x in r["reloads"])
         table.add_row(name, f"{r['throughput_rps']:.2f}", f"{lat['p50']:.0f}", f"{lat['p95']:.0f}", f"{lat['p99']:.0f}",
                       str(r["statuses_all"]), str(r["server_errors"]),
-                      f"{rss['after_warmup']}→{rss['end']} ({rss['slope_mb_per_min']:+.1f})",
-                      str([x["status"] for x in r["reloads"]]), str(r["mean_onnx_batch"]))
+                      f"{rss['after_warmup']} → {rss['end']} ({rss['peak']})",
+                      f"{per_min(rss['slope_mb_per_min'])} ({per_min(rss['slope_second_half_mb_per_min'])})",
+                      ", ".join(f"{n} × {s}" for s, n in sorted(reloads.items())) or "—", str(r["mean_onnx_batch"]))
     out.print(table)
     if "throughput_ratio_batched_vs_unbatched" in report:
         out.print(f"throughput ratio batched / unbatched = {report['throughput_ratio_batched_vs_unbatched']:.3f}")

@@ -5,7 +5,8 @@ waits for /ready, runs ``clients`` concurrent clients posting real phone photos 
 seconds (only the last ``duration`` seconds are measured), optionally asks the server to reload its index every
 ``reload_every`` seconds (admin route), samples the server's RSS every second, then stops it. Reported per mode:
 status counts (any 5xx other than a deliberate 503 is a failure), latency p50/p95/p99, throughput, RSS after
-warm-up / at the end / slope, reloads and their outcome, mean ONNX batch size; and the throughput ratio.
+warm-up (first / last / peak sample and a least-squares slope in MB per minute, :func:`rss_trend`), reloads and
+their outcome, mean ONNX batch size; and the throughput ratio.
 """
 
 from __future__ import annotations
@@ -58,6 +59,33 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _metric_sum(text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+
+
+def rss_trend(samples: list[tuple[float, float]], warmup: float) -> dict:
+    """How the server's RSS moved after warm-up: ``samples`` are (seconds since start, MB).
+
+    ``slope_mb_per_min`` is the least-squares line over every sample after warm-up (not last minus first, which
+    one allocation spike or one freed arena would decide); ``slope_second_half_mb_per_min`` the same over the later
+    half only, to tell growth that levels off (caches filling, then full) from growth that goes on (a leak).
+    ``after_warmup`` / ``end`` / ``peak`` / ``low``: first, last, highest and lowest sample after warm-up.
+    """
+    after = [(t, v) for t, v in samples if t >= warmup]
+    if len(after) < 3:
+        return {"after_warmup": round(after[0][1], 1) if after else None, "end": round(after[-1][1], 1)
+                if after else None, "peak": max((round(v, 1) for _, v in after), default=None),
+                "low": min((round(v, 1) for _, v in after), default=None), "samples": len(after),
+                "minutes": 0.0, "slope_mb_per_min": None, "slope_second_half_mb_per_min": None}
+    times = np.asarray([t for t, _ in after])
+    values = np.asarray([v for _, v in after])
+
+    def slope(t: np.ndarray, v: np.ndarray) -> float | None:
+        return round(float(np.polyfit(t, v, 1)[0]) * 60, 2) if len(t) >= 3 and np.ptp(t) > 0 else None
+
+    half = len(after) // 2
+    return {"after_warmup": round(float(values[0]), 1), "end": round(float(values[-1]), 1),
+            "peak": round(float(values.max()), 1), "low": round(float(values.min()), 1), "samples": len(after),
+            "minutes": round(float(times[-1] - times[0]) / 60, 2), "slope_mb_per_min": slope(times, values),
+            "slope_second_half_mb_per_min": slope(times[half:], values[half:])}
 
 
 class ServerProcess:
@@ -148,8 +176,6 @@ async def _drive(url: str, photos: list[bytes], clients: int, warmup: float, dur
     ok = [lat * 1e3 for lat, status in measured if status == 200]
     statuses = Counter(str(s) for _, s in measured)
     all_statuses = Counter(str(s) for _, _, s in records)
-    after = [v for t, v in rss if t >= warmup]
-    slope = float(np.polyfit([t for t, _ in rss if t >= warmup], after, 1)[0]) * 60 if len(after) > 2 else 0.0
     batches = _metric_sum(metrics, "artlens_embed_batch_size_count")
     return {
         "requests_measured": len(measured),
@@ -160,11 +186,7 @@ async def _drive(url: str, photos: list[bytes], clients: int, warmup: float, dur
         "transport_errors": dict(errors),
         "throughput_rps": round(len(ok) / duration, 3),
         "latency_ms": _percentiles(ok),
-        "rss_mb": {"after_warmup": round(after[0], 1) if after else None,
-                   "end": round(after[-1], 1) if after else None,
-                   "max": round(max(after), 1) if after else None,
-                   "slope_mb_per_min": round(slope, 2),
-                   "series": [[round(t), round(v)] for t, v in rss[::5]]},
+        "rss_mb": {**rss_trend(rss, warmup), "series": [[round(t), round(v)] for t, v in rss[::5]]},
         "reloads": reloads,
         "mean_onnx_batch": round(_metric_sum(metrics, "artlens_embed_batch_size_sum") / batches, 2)
         if batches else None,
