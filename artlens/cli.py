@@ -562,6 +562,16 @@ def bench_http(
                       f"{per_min(rss['slope_mb_per_min'])} ({per_min(rss['slope_second_half_mb_per_min'])})",
                       ", ".join(f"{n} × {s}" for s, n in sorted(reloads.items())) or "—", str(r["mean_onnx_batch"]))
     out.print(table)
+    # The same in one line per mode: a table squeezed into a log file's 80 columns is unreadable.
+    for name, r in report["modes"].items():
+        lat, rss = r["latency_ms"], r["rss_mb"]
+        out.print(f"{name}: {r['requests_measured']} requests measured ({sum(r['statuses_all'].values())} in all),"
+                  f" {r['server_errors']} 5xx, {r['deliberate_503']} × 503, {r['throughput_rps']:.3f} req/s,"
+                  f" p50/p95/p99 {lat['p50'] / 1e3:.1f} / {lat['p95'] / 1e3:.1f} / {lat['p99'] / 1e3:.1f} s;"
+                  f" RSS after warm-up {rss['after_warmup']} → {rss['end']} MB (peak {rss['peak']}, low {rss['low']}),"
+                  f" slope {per_min(rss['slope_mb_per_min'])} MB/min"
+                  f" (later half {per_min(rss['slope_second_half_mb_per_min'])}) over {rss['minutes']} min",
+                  soft_wrap=True)
     if "throughput_ratio_batched_vs_unbatched" in report:
         out.print(f"throughput ratio batched / unbatched = {report['throughput_ratio_batched_vs_unbatched']:.3f}")
     if json_out:
