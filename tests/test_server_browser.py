@@ -147,7 +147,8 @@ def test_segment_glow_and_similar_details(segment_page):
     selected.wait_for()
     assert _glows(selected)
     # Keyboard: segments are focusable buttons; Enter selects one.
-    other = page.locator("#detail-body g.segment:not(.selected)").first
+    other_id = page.locator("#detail-body g.segment:not(.selected)").first.get_attribute("data-segment-id")
+    other = page.locator(f'#detail-body g.segment[data-segment-id="{other_id}"]')
     other.focus()
     page.keyboard.press("Enter")
     page.wait_for_function("g => g.classList.contains('selected')", arg=other.element_handle())
