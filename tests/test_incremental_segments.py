@@ -8,7 +8,7 @@ import numpy as np
 
 from artlens.indexing import compressed_index, vector_index
 from artlens.indexing.incremental import remove_artwork_segments
-from artlens.indexing.segments import SegmentStore, segment_vector_index
+from artlens.indexing.segments import DetailFeatures, SegmentStore, segment_files, segment_vector_index
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -29,11 +29,17 @@ def _store(artworks: int = 40, per: int = 50, dim: int = 128, local_dims: int = 
     # Force the compressed recipe at this size: exact_below is what large collections cross.
     index, desc = segment_vector_index(vectors, {"exact_below": 100, "recipe": "pca88-ivf-sq8", "nlist": 16})
     local_index, local_desc = vector_index.build_index(local, {"exact_below": 100})  # HNSW above it
+    # Detail features: 0–5 keypoints per segment, each keypoint's x = its segment's row in the store (traceable).
+    parts = [(np.full((n, 2), j, np.float32), np.full((n, 128), j % 256, np.uint8))
+             for j, n in enumerate(rng.integers(0, 6, len(records)))]
+    detail = DetailFeatures.from_list(parts)
     store = SegmentStore(records, artwork, vectors, index, local, local_index,
-                         np.zeros(local_dims, np.float32), np.eye(local_dims, dtype=np.float32))
+                         np.zeros(local_dims, np.float32), np.eye(local_dims, dtype=np.float32), detail)
     desc = {"count": len(records), "artworks_with_segments": artworks, "index": desc,
             "local": {"method": "vlad-pca", "dims": local_dims, "with_descriptor": int((local != 0).any(1).sum()),
-                      "index": local_desc}}
+                      "index": local_desc},
+            "detail": {"detail_keypoints": 5, "keypoints": int(detail.offsets[-1]),
+                       "segments_with_detail": int(np.count_nonzero(np.diff(detail.offsets)))}}
     return store, desc
 
 
@@ -55,6 +61,15 @@ def test_remove_renumbers_and_rebuilds_compressed_indexes():
     assert new_desc["local"]["index"]["type"] == "IndexHNSWFlat" and new_desc["local"]["index"]["count"] == len(new)
     assert new_desc["count"] == len(new) and new_desc["artworks_with_segments"] == 39
     assert new_desc["local"]["with_descriptor"] == int((new.local != 0).any(1).sum())
+
+    # Detail features follow their segments; the description counts what is left and names the detail files.
+    old_rows = {r["id"]: j for j, r in enumerate(store.records)}
+    for j, rec in enumerate(new.records):
+        kps, desc_ = new.detail.of(j)
+        old_kps, old_desc = store.detail.of(old_rows[rec["id"]])
+        assert np.array_equal(kps, old_kps) and np.array_equal(desc_, old_desc)
+    assert new.detail.count == len(new) and new_desc["detail"]["keypoints"] == int(new.detail.offsets[-1])
+    assert new_desc["files"] == segment_files(new_desc) and any("detail_" in f for f in new_desc["files"])
 
     # A kept segment's own vector finds it at its new row in both rebuilt indexes.
     j = new.by_id["art-30#4"]
