@@ -168,7 +168,7 @@ class Recognizer:
                 votes = SegmentVotes([[r for r in ranking if r in keep] for ranking in votes.rankings],
                                      {r: seg for r, seg in votes.best.items() if r in keep})
         shortlist = self.shortlist(vec[0], qf, qd, k, allowed=allowed,
-                                   extra_rankings=votes.rankings if votes else ())
+                                   extra_rankings=votes.rankings if votes and self.segments.cfg["fuse"] else ())
         if votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
             shortlist += votes.extra_rows(shortlist, self.segments.cfg["slots"])
         t4 = time.perf_counter()
