@@ -66,7 +66,8 @@ def degeneracy(H: np.ndarray, ref_size: tuple[int, int], query_size: tuple[int, 
     ``extent``: the part of the reference the matches support (``inlier_extent``). The shape checks apply to it,
     not to the whole reference: a close-up of 10–40 % of a canvas extrapolates to the rest of it with errors that
     grow with distance, so a correct detail homography can bend the far corners of the whole canvas into a
-    "perspective no photo has" or past the horizon. The scale check still uses the whole reference."""
+    "perspective no photo has" or past the horizon. The scale check scales the matched part's area up to the
+    whole reference linearly, for the same reason."""
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     w, h = ref_size
     x0, y0, x1, y1 = extent if extent is not None else (0.0, 0.0, float(w), float(h))
@@ -90,12 +91,11 @@ def degeneracy(H: np.ndarray, ref_size: tuple[int, int], query_size: tuple[int, 
     rel_area = _area(quad) / float(qw * qh)
     if rel_area < cfg["min_area"]:
         return f"outline collapsed ({rel_area:.4f} of the photo)"
-    whole = project_corners(H, ref_size)
-    whole_denom = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64) @ H[2]
-    if np.all(np.isfinite(whole)) and (np.all(whole_denom > 0) or np.all(whole_denom < 0)):
-        whole_area = _area(whole) / float(qw * qh)
-        if whole_area > cfg["max_area"]:
-            return f"absurd scale (outline {whole_area:.0f}× the photo)"
+    # The whole reference's size in the photo, scaled up from the matched part linearly: extrapolating the
+    # perspective to the far corners would inflate it without bound near the horizon.
+    whole_area = rel_area * (w * h) / ((x1 - x0) * (y1 - y0))
+    if whole_area > cfg["max_area"]:
+        return f"absurd scale (outline {whole_area:.0f}× the photo)"
     sides = np.linalg.norm(edges, axis=1)
     if sides.min() <= 1e-6:
         return "outline collapsed to a line"
