@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -106,18 +107,7 @@ def _bench_one(recipe: str, db: np.ndarray, queries: np.ndarray, truth: np.ndarr
     index, desc = build_compressed_index(db, {"recipe": recipe, "exact_below": 0 if recipe != "flat" else 1})
     build_s = time.perf_counter() - start
     index.search(queries[:5], 10)  # warm-up
-    # Batch 1 on one thread: a service answers concurrent photos on separate cores, and OpenMP's worker
-    # threads only add wake-up latency to a single small query (badly so on a shared machine).
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    lat = []
-    try:
-        for q in queries[:batch1]:
-            t = time.perf_counter()
-            index.search(q[None], 10)
-            lat.append(time.perf_counter() - t)
-    finally:
-        faiss.omp_set_num_threads(threads)
+    lat = _one_thread_latencies(partial(index.search, k=10), queries[:batch1])
     t = time.perf_counter()
     _, found = index.search(queries, 10)
     batched_ms = (time.perf_counter() - t) * 1000 / len(queries)
@@ -152,16 +142,8 @@ def _bench_rerank(index: faiss.Index, db: np.ndarray, queries: np.ndarray, truth
     try:
         np.save(path, db)
         vectors = np.load(path, mmap_mode="r")
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        lat = []
-        try:
-            for q in queries[:batch1]:
-                t = time.perf_counter()
-                search(index, q[None], 10, rerank=vectors, rerank_k=rerank_k)
-                lat.append(time.perf_counter() - t)
-        finally:
-            faiss.omp_set_num_threads(threads)
+        lat = _one_thread_latencies(partial(search, index, k=10, rerank=vectors, rerank_k=rerank_k),
+                                    queries[:batch1])
         t = time.perf_counter()
         _, found = search(index, queries, 10, rerank=vectors, rerank_k=rerank_k)
         batched_ms = (time.perf_counter() - t) * 1000 / len(queries)
@@ -172,6 +154,22 @@ def _bench_rerank(index: faiss.Index, db: np.ndarray, queries: np.ndarray, truth
             "latency_ms": {"batch1_p50": round(float(np.median(lat)) * 1000, 3),
                            "batched_per_query": round(batched_ms, 4)},
             **{k: round(v, 4) for k, v in recall_at(truth, found).items()}}
+
+
+def _one_thread_latencies(search_one: Callable[[np.ndarray], object], queries: np.ndarray) -> list[float]:
+    """Seconds per single-query search, on one thread: a service answers concurrent photos on separate cores, and
+    OpenMP's worker threads only add wake-up latency to a single small query (badly so on a shared machine)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    lat = []
+    try:
+        for q in queries:
+            t = time.perf_counter()
+            search_one(q[None])
+            lat.append(time.perf_counter() - t)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return lat
 
 
 def _serialised_bytes(index: faiss.Index, work: Path) -> int:
