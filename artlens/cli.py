@@ -102,6 +102,8 @@ def index_build(
                                                    " forward pass) | crop (one forward per cut-out).")] = "pooled",
     points_per_side: Annotated[int | None, typer.Option(min=1, help="SAM point grid per side (default: the"
                                                                     " measured one in docs/segments.md).")] = None,
+    votes: Annotated[bool, typer.Option(help="Index every reference descriptor for the descriptor-vote"
+                                             " shortlist (weight-free; ≈ 0.14 MB per artwork).")] = True,
 ) -> None:
     """Embed, extract local features, index and calibrate a collection into a bundle."""
     from artlens.errors import BundleError, ModelError
@@ -109,7 +111,7 @@ def index_build(
     from artlens.indexing.segment_embed import MODES
     from artlens.recognition.calibrate import calibrate_bundle
 
-    build_config: dict = {}
+    build_config: dict = {} if votes else {"votes": None}
     with _errors():
         if segments and sam is None:
             raise ModelError("--segments needs --sam DIR (a SAM model directory: `artlens export sam`, or a folder"
@@ -221,6 +223,33 @@ def _print_result(photo: str, result) -> None:
         out.print(f"{photo}: [green]{escape(m.object_id)}[/green] {title}  confidence {m.confidence:.3f},"
                   f" {m.inliers} inliers, rank {m.retrieval_rank}{detail}  "
                   + escape(f"[{result.timings_ms['total']:.0f} ms]"), highlight=False)
+
+
+@index_app.command("votes")
+def index_votes(
+    index: Annotated[Path, typer.Option(help="Bundle directory (written as its next version).")],
+    calibrate: Annotated[bool, typer.Option(help="Recalibrate on simulated photos afterwards (the shortlist"
+                                                 " changes, so the old calibration is stale).")] = True,
+    photos: Annotated[int, typer.Option(help="Simulated photos for calibration.")] = 200,
+    target_fpr: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.01,
+) -> None:
+    """Add (or rebuild) the descriptor-vote index of a bundle built without one; no image is decoded again."""
+    from artlens.indexing.bundle import load_bundle
+    from artlens.indexing.incremental import add_vote_index
+    from artlens.recognition.calibrate import calibrate_bundle
+
+    with _errors(), _progress() as bars:
+        task = bars.add_task("vote index", total=None)
+        bundle = add_vote_index(load_bundle(index))
+        bars.update(task, completed=1, total=1)
+        if calibrate:
+            task = bars.add_task("calibration", total=None)
+            calibrate_bundle(index, config={"target_fpr": target_fpr, "synthetic_photos": photos},
+                             progress=lambda d, t: bars.update(task, completed=d, total=t))
+    desc = bundle.meta["votes"]
+    console.print(f"[green]bundle[/green] {index}: vote index {desc['factory']} over {desc['count']} descriptors"
+                  + ("" if calibrate else "; recalibrate with `artlens calibrate` before recognising"),
+                  highlight=False)
 
 
 @app.command()
@@ -774,7 +803,9 @@ def bench_segments(
     work: Annotated[Path, typer.Option(help="Folder for the dataset, detail photos and bundles.")] = Path(
         "out/segbench"),
     parts: Annotated[str, typer.Option(help="Comma-separated: cost (indexing time vs the prototype's recipe),"
-                                            " recall (detail photos; segment index size and recall).")]
+                                            " recall (detail photos; segment index size and recall),"
+                                            " masks (detail recall with our masks vs the prototype's, on a"
+                                            " smaller collection; slow).")]
     = "cost,recall",
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: a few artworks and queries, tiny grids.")]
     = False,
@@ -783,6 +814,8 @@ def bench_segments(
                                                          " museum-mix artworks (default: all 336).")] = None,
     detail_queries: Annotated[int | None, typer.Option(min=1, help="Detail photos of collection artworks.")] = None,
     nomatch_queries: Annotated[int | None, typer.Option(min=0, help="Detail photos of distractors.")] = None,
+    masks_artworks: Annotated[int | None, typer.Option(min=2, help="Artworks of the masks part's collection"
+                                                      " (default 20).")] = None,
     compare_modes: Annotated[bool, typer.Option("--compare-modes", help="Also compare crop and pooled segment"
                                                 " vectors as a shortlist (one DINOv2 forward per segment).")]
     = False,
@@ -791,7 +824,8 @@ def bench_segments(
     from artlens.eval.segbench import bench_segments as run_bench
 
     overrides = {k: v for k, v in {"cost_images": cost_images, "collection_limit": collection_limit,
-                                   "detail_queries": detail_queries, "nomatch_queries": nomatch_queries}.items()
+                                   "detail_queries": detail_queries, "nomatch_queries": nomatch_queries,
+                                   "masks_artworks": masks_artworks}.items()
                  if v is not None}
     overrides["compare_modes"] = compare_modes
     with _errors(), _progress() as bars:

@@ -33,8 +33,8 @@ from artlens.verification import (
 )
 
 from . import bundle as bundle_io
+from . import descriptor_votes, vector_index
 from . import segments as segments_io
-from . import vector_index
 from .collection import fetch_bytes, read_collection, resolve_image
 
 DEFAULT_CONFIG: dict = {
@@ -43,6 +43,7 @@ DEFAULT_CONFIG: dict = {
     "vlad": VLAD_CONFIG,
     "batch_size": 16,
     "segments": segments_io.DEFAULT_CONFIG,  # used when build_bundle gets a SAM model (sam_dir)
+    "votes": descriptor_votes.DEFAULT_CONFIG,  # the descriptor-vote shortlist's index; None: none is built
 }
 
 # progress(stage, done, total): the CLI draws rich bars from it; library callers may pass None.
@@ -135,6 +136,11 @@ def build_bundle(
     index, index_desc = vector_index.build_index(embeddings, cfg["index"])
     features = bundle_io.ReferenceFeatures.from_list(feats, fcfg["method"])
     vocabulary, local_index, local_desc = _local_shortlist_index(features, {**VLAD_CONFIG, **cfg["vlad"]}, cfg["index"])
+    votes, votes_desc = None, None
+    if cfg["votes"] is not None:
+        t_votes = time.perf_counter()
+        votes, votes_desc = descriptor_votes.build_vote_index(features, cfg["votes"])
+        votes_desc["build_s"] = round(time.perf_counter() - t_votes, 2)
     segment_store, segment_desc = None, None
     if segmenter is not None:
         segment_store, segment_desc = segmenter.finish(
@@ -150,6 +156,7 @@ def build_bundle(
         "index": index_desc,
         "local_index": local_desc,
         "features": {"config": fcfg},
+        **({"votes": votes_desc} if votes_desc else {}),
         "calibration": None,
         **({"segments": segment_desc} if segment_desc else {}),
         "versions": {"artlens": artlens.__version__, "faiss": faiss.__version__, "opencv": cv2.__version__,
@@ -160,7 +167,7 @@ def build_bundle(
         if segment_store is not None:  # first: bundle.json's checksums cover these files
             segment_store.write(staging)
         bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, vocabulary,
-                                     local_index)
+                                     local_index, votes)
         if before_commit:
             before_commit(staging)
         bundle_io.commit(staging, out)

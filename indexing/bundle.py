@@ -12,6 +12,8 @@ Layout::
     features/descriptors.npy uint8 [total, D]
     features/offsets.npy   int64 [N + 1] row i owns keypoints[offsets[i]:offsets[i + 1]]
     features/sizes.npy     int32 [N, 2] analysed (width, height) of each reference
+    votes.faiss            optional (bundle.json "votes"): every reference descriptor in one IVF index, the
+                           descriptor-vote shortlist (descriptor_votes.py); ids are positions in features/
     segments/…             optional (``index build --segments``): SAM segments and their indexes, see segments.py;
                            present when bundle.json has a "segments" key. Bundles without it load as before.
 """
@@ -35,6 +37,7 @@ from artlens.verification import LocalFeatures
 from .segments import SegmentStore, segment_files
 
 FORMAT = "artlens-bundle/1"
+VOTES_FILE = "votes.faiss"
 FEATURE_FILES = ("keypoints.npy", "descriptors.npy", "offsets.npy", "sizes.npy")
 
 
@@ -79,6 +82,7 @@ class Bundle:
     vocabulary: np.ndarray
     local_index: faiss.Index
     segments: SegmentStore | None = None
+    votes: faiss.Index | None = None  # descriptor-vote index (descriptor_votes.py); None in older bundles
 
     @property
     def pretrained(self) -> bool:
@@ -91,8 +95,11 @@ class Bundle:
 
 def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddings: np.ndarray,
                        index: faiss.Index, features: ReferenceFeatures, vocabulary: np.ndarray,
-                       local_index: faiss.Index) -> None:
-    """Write every file into ``staging`` (a fresh directory) and then bundle.json with their checksums."""
+                       local_index: faiss.Index, votes: faiss.Index | None = None) -> None:
+    """Write every file into ``staging`` (a fresh directory) and then bundle.json with their checksums.
+    ``votes`` needs bundle.json's "votes" description in ``meta`` (and the other way round)."""
+    if (votes is None) != (not meta.get("votes")):
+        raise ValueError("a vote index and bundle.json's 'votes' description go together")
     (staging / "features").mkdir(parents=True, exist_ok=True)
     (staging / "artworks.json").write_text(json.dumps(artworks, ensure_ascii=False, indent=1))
     np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
@@ -103,6 +110,8 @@ def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddin
     np.save(staging / "features" / "descriptors.npy", features.descriptors)
     np.save(staging / "features" / "offsets.npy", features.offsets)
     np.save(staging / "features" / "sizes.npy", features.sizes)
+    if votes is not None:
+        faiss.write_index(votes, str(staging / VOTES_FILE))
     write_meta(staging, meta)
 
 
@@ -110,6 +119,8 @@ def write_meta(directory: Path, meta: dict) -> None:
     """(Re)write bundle.json with fresh checksums of the data files; atomic by rename within the directory."""
     files = ["artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss"]
     files += [f"features/{f}" for f in FEATURE_FILES]
+    if meta.get("votes"):
+        files.append(VOTES_FILE)
     if meta.get("segments"):
         files += segment_files(meta["segments"])
     meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
@@ -183,6 +194,7 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
             method=meta["features"]["config"]["method"],
         )
         segments = SegmentStore.load(path) if meta.get("segments") else None
+        votes = faiss.read_index(str(path / VOTES_FILE)) if meta.get("votes") else None
     except BundleError:
         raise
     except Exception as exc:
@@ -192,6 +204,9 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
         raise BundleError(f"{path}: inconsistent counts (artworks {n}, embeddings {embeddings.shape[0]},"
                           f" index {index.ntotal}, local index {local_index.ntotal}, features {len(feats)});"
                           " rebuild it")
+    if votes is not None and votes.ntotal != int(feats.offsets[-1]):
+        raise BundleError(f"{path}: inconsistent counts (vote index {votes.ntotal}, keypoints"
+                          f" {int(feats.offsets[-1])}); rebuild it")
     if segments is not None and not (segments.consistent() and (segments.artwork < n).all()):
         raise BundleError(f"{path}: inconsistent segment files ({len(segments)} segments); rebuild it")
-    return Bundle(path, meta, artworks, embeddings, index, feats, vocabulary, local_index, segments)
+    return Bundle(path, meta, artworks, embeddings, index, feats, vocabulary, local_index, segments, votes)

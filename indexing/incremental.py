@@ -44,6 +44,7 @@ from . import bundle as bundle_io
 from . import vector_index
 from .bundle import Bundle, ReferenceFeatures
 from .collection import resolve_image
+from .descriptor_votes import build_vote_index, refill
 from .segments import DetailFeatures, SegmentStore, segment_files, segment_vector_index
 
 IMAGE_DIR = "images"
@@ -113,8 +114,22 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
         method=old.method,
     )
     embeddings = np.concatenate([np.asarray(bundle.embeddings), vector[None]])
+    votes = None
+    if bundle.votes is not None:  # ids are descriptor positions: the new artwork's come last
+        votes = faiss.clone_index(bundle.votes)
+        if len(feats):
+            votes.add(np.ascontiguousarray(matching_space(feats.descriptors, feats.method), np.float32))
+        votes = (votes, {**bundle.meta["votes"], "count": int(votes.ntotal)})
     return _write_version(bundle, f"add {object_id}", artworks, embeddings, index, features, local_index,
-                          new_image=(stored, image))
+                          new_image=(stored, image), votes=votes)
+
+
+def add_vote_index(bundle: Bundle, config: dict | None = None) -> Bundle:
+    """Give a bundle built before descriptor votes its vote index (or rebuild it with ``config``), as the next
+    bundle version; the rest is carried over unchanged. Recalibrate afterwards: the shortlist changes."""
+    index, desc = build_vote_index(bundle.features, config)
+    return _write_version(bundle, "vote index", bundle.artworks, np.asarray(bundle.embeddings), bundle.index,
+                          bundle.features, bundle.local_index, votes=(index, desc))
 
 
 def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
@@ -138,8 +153,12 @@ def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
     segments = None
     if bundle.segments is not None:
         segments = remove_artwork_segments(bundle.segments, bundle.meta["segments"], row)
+    votes = None
+    if bundle.votes is not None:  # ids are descriptor positions: the later artworks' shift down
+        fresh = refill(bundle.votes, features)
+        votes = (fresh, {**bundle.meta["votes"], "count": int(fresh.ntotal)})
     return _write_version(bundle, f"delete {object_id}", artworks, embeddings, index, features, local_index,
-                          segments=segments)
+                          segments=segments, votes=votes)
 
 
 def remove_artwork_segments(store: SegmentStore, desc: dict, row: int) -> tuple[SegmentStore, dict]:
@@ -196,7 +215,8 @@ def _exact_settings(recorded: dict) -> dict:
 def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings: np.ndarray, index: faiss.Index,
                    features: ReferenceFeatures, local_index: faiss.Index,
                    new_image: tuple[str, bytes] | None = None,
-                   segments: tuple[SegmentStore, dict] | None = None) -> Bundle:
+                   segments: tuple[SegmentStore, dict] | None = None,
+                   votes: tuple[faiss.Index, dict] | None = None) -> Bundle:
     """``segments``: a changed segment store and its description (delete); None carries the old files over."""
     out = bundle.path
     version = bundle_version(bundle) + 1
@@ -207,6 +227,8 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
             "local_index": {**bundle.meta["local_index"], "count": int(local_index.ntotal)}}
     if segments is not None:
         meta["segments"] = segments[1]
+    if votes is not None:
+        meta["votes"] = votes[1]
     staging = bundle_io.staging_dir(out)
     try:
         _carry_images(out, staging, {a["stored_image"] for a in artworks if a.get("stored_image")})
@@ -218,7 +240,7 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
             (staging / new_image[0]).parent.mkdir(parents=True, exist_ok=True)
             (staging / new_image[0]).write_bytes(new_image[1])
         bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, bundle.vocabulary,
-                                     local_index)
+                                     local_index, votes[0] if votes else None)
         # Load the new version fully (counts, segment rows, checksums) before it replaces the served one: a
         # change that fails here leaves the bundle on disk as it was.
         bundle_io.load_bundle(staging)

@@ -15,6 +15,7 @@ import numpy as np
 from artlens.embedder import Embedder
 from artlens.errors import BundleError, ModelError
 from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodedImage, load_image, to_gray
+from artlens.indexing import descriptor_votes
 from artlens.indexing.bundle import Bundle, load_bundle
 from artlens.indexing.vector_index import search
 from artlens.verification import (
@@ -47,6 +48,9 @@ DEFAULT_CONFIG: dict = {
     # fills a small part of a gallery-wall photo dominates some region's VLAD. A reference scores its best
     # similarity over the regions (docs/benchmarks.md, "Shortlist").
     "vlad_regions": True,
+    # Bundles with a vote index: the descriptor-vote ranking (indexing/descriptor_votes.py) takes every other
+    # shortlist slot, alternating with the ranking above, so neither can crowd the other out.
+    "votes": descriptor_votes.SEARCH_CONFIG,
     "verify": VERIFY_CONFIG,
     "max_overlap": 0.5,  # two verified outlines overlapping more than this are one artwork: keep the best
     "descriptor_cache": 1024,  # prepared reference descriptors kept in memory (≈0.5 MB each)
@@ -120,6 +124,9 @@ class Recognizer:
         if self.bundle.segments is not None:
             self.segments = SegmentSearch(self.bundle, pretrained=embedder.info.pretrained,
                                           config=self.config["segments"])
+        self._vote_owner = None
+        if self.bundle.votes is not None and self.config["votes"].get("enabled", True):
+            self._vote_owner = descriptor_votes.descriptor_owner(self.bundle.features.offsets)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         # Local features are extracted while ONNX Runtime runs the model: both release the GIL, and the
         # overlap hides part of the feature stage (docs/benchmarks.md).
@@ -155,10 +162,12 @@ class Recognizer:
         decoded = load_image(source, name=name, max_side=self.feature_config["max_side"], max_pixels=max_pixels,
                              max_bytes=max_bytes)
         t1 = time.perf_counter()
-        features_job = self._feature_pool.submit(self._query_features, decoded.rgb)
+        # The descriptor votes need only the photo's local features: they run in the same thread, also behind
+        # the forward pass.
+        features_job = self._feature_pool.submit(self._features_and_votes, decoded.rgb, k, allowed)
         vec = self.embedder.embed_arrays([decoded.rgb]) if embed is None else embed(decoded.rgb)[None]
         t2 = time.perf_counter()
-        qf, qd = features_job.result()
+        qf, qd, voted = features_job.result()
         t3 = time.perf_counter()
         votes = None
         if self.segments is not None and self.segments.cfg["enabled"]:
@@ -168,7 +177,8 @@ class Recognizer:
                 votes = SegmentVotes([[r for r in ranking if r in keep] for ranking in votes.rankings],
                                      {r: seg for r, seg in votes.best.items() if r in keep})
         shortlist = self.shortlist(vec[0], qf, qd, k, allowed=allowed,
-                                   extra_rankings=votes.rankings if votes and self.segments.cfg["fuse"] else ())
+                                   extra_rankings=votes.rankings if votes and self.segments.cfg["fuse"] else (),
+                                   voted=voted)
         if votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
             shortlist += votes.extra_rows(shortlist, self.segments.cfg["slots"])
         t4 = time.perf_counter()
@@ -184,11 +194,25 @@ class Recognizer:
         qf = extract(to_gray(rgb), self.feature_config)
         return qf, prepare(qf)
 
+    def _features_and_votes(self, rgb: np.ndarray, k: int, allowed: np.ndarray | None
+                            ) -> tuple[LocalFeatures, np.ndarray, list[int] | None]:
+        qf, qd = self._query_features(rgb)
+        return qf, qd, self.vote_ranking(qd, k, allowed)
+
+    def vote_ranking(self, query_descriptors: np.ndarray, k: int, allowed: np.ndarray | None = None
+                     ) -> list[int] | None:
+        """The descriptor-vote ranking (best ``k`` rows), or None when the bundle has no vote index."""
+        if self._vote_owner is None:
+            return None
+        return descriptor_votes.vote_ranking(self.bundle.votes, self._vote_owner, query_descriptors,
+                                             len(self.bundle.artworks), k, self.config["votes"], allowed)
+
     def shortlist(self, query_vector: np.ndarray, query_features: LocalFeatures, query_descriptors: np.ndarray,
-                  k: int, allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = ()
-                  ) -> list[int]:
+                  k: int, allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = (),
+                  voted: list[int] | None = None) -> list[int]:
         """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings (and ``extra_rankings``: the segment
-        votes), fused by reciprocal rank. ``allowed``: the rows metadata filters leave (searched, not post-filtered)."""
+        votes), fused by reciprocal rank, alternating with ``voted`` (the descriptor-vote ranking) when given.
+        ``allowed``: the rows metadata filters leave (searched, not post-filtered)."""
         mode = self.config["shortlist"]
         if mode == "auto":
             mode = "fused" if self.embedder.info.pretrained else "local"
@@ -204,7 +228,8 @@ class Recognizer:
             for rank, row in enumerate(ranking):
                 if row >= 0:
                     scores[int(row)] = scores.get(int(row), 0.0) + 1.0 / (self.config["rrf_k"] + rank + 1)
-        return sorted(scores, key=lambda r: -scores[r])[:k]
+        fused = sorted(scores, key=lambda r: -scores[r])[:k]
+        return fused if voted is None else _alternate(voted, fused, k)
 
     def _vlad_ranking(self, query_features: LocalFeatures, query_descriptors: np.ndarray, k: int,
                       allowed: np.ndarray | None = None) -> list[int]:
@@ -317,6 +342,18 @@ def _overlap(a: list[list[float]] | None, b: list[list[float]] | None) -> float:
         return 0.0
     inter, _ = cv2.intersectConvexConvex(pa, pb)
     return float(inter) / min(area_a, area_b)
+
+
+def _alternate(first: list[int], second: list[int], k: int) -> list[int]:
+    """``first[0], second[0], first[1], …`` without repeats, at most ``k``; the longer list fills the rest."""
+    out: list[int] = []
+    seen: set[int] = set()
+    for i in range(max(len(first), len(second))):
+        for ranking in (first, second):
+            if i < len(ranking) and ranking[i] not in seen:
+                seen.add(ranking[i])
+                out.append(ranking[i])
+    return out[:k]
 
 
 def _regions(features: LocalFeatures, with_regions: bool) -> list[np.ndarray]:

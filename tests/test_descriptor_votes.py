@@ -1,0 +1,126 @@
+"""Descriptor votes: the scoring arithmetic, the vote index in a bundle (build, add, delete, upgrade of an older
+bundle) and the shortlist that alternates votes with the VLAD ranking."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from artlens.indexing.bundle import load_bundle
+from artlens.indexing.descriptor_votes import descriptor_owner, vote_ranking, vote_scores
+from artlens.recognition.recognizer import Recognizer, _alternate
+
+from .conftest import SMVS, SMVS_SUBSET, needs_shared, write_collection
+
+
+def test_vote_scores_reward_distinctive_matches_only():
+    owner = np.array([0, 0, 1, 1, 2])  # reference descriptor → artwork row
+    sims = np.array([[0.9, 0.8, 0.5],  # nearest two are artwork 0's; the nearest other (row 1) is 0.4 behind
+                     [0.7, 0.69, 0.1],  # artwork 1 barely ahead of artwork 2: a weak vote
+                     [0.6, 0.5, 0.4]])  # all three neighbours are artwork 1's: lead over the 3rd, a lower bound
+    ids = np.array([[0, 1, 2], [2, 4, -1], [2, 3, 3]])
+    scores = vote_scores(sims, ids, owner, rows=3)
+    assert scores == pytest.approx([0.4, 0.01 + 0.2, 0.0])
+    assert vote_scores(np.zeros((0, 3)), np.zeros((0, 3), int), owner, rows=3).tolist() == [0, 0, 0]
+
+
+def test_alternate_takes_turns_without_repeats():
+    assert _alternate([5, 1, 2], [1, 7], 10) == [5, 1, 7, 2]
+    assert _alternate([5, 1, 2], [1, 7], 2) == [5, 1]
+    assert _alternate([], [3, 4], 5) == [3, 4]
+
+
+def test_descriptor_owner_follows_offsets():
+    assert descriptor_owner(np.array([0, 2, 2, 5])).tolist() == [0, 0, 2, 2, 2]
+
+
+def _photo_descriptors(rec: Recognizer, path) -> np.ndarray:
+    from artlens.imaging import load_image
+
+    _, desc = rec._query_features(load_image(path, max_side=rec.feature_config["max_side"]).rgb)
+    return desc
+
+
+@needs_shared
+def test_bundle_vote_index_finds_the_photographed_artwork(recognizer):
+    bundle = recognizer.bundle
+    assert bundle.votes is not None and bundle.votes.ntotal == bundle.features.offsets[-1]
+    assert bundle.meta["votes"]["count"] == bundle.meta["counts"]["keypoints"]
+    assert "votes.faiss" in bundle.meta["checksums"]
+    owner = descriptor_owner(bundle.features.offsets)
+    rows = {a["object_id"]: i for i, a in enumerate(bundle.artworks)}
+    hits = 0
+    for number in SMVS_SUBSET[:6]:  # real phone photos in the museum
+        ranking = vote_ranking(bundle.votes, owner, _photo_descriptors(recognizer, SMVS / "query" / f"{number}.jpg"),
+                               len(bundle.artworks), 5)
+        hits += ranking[:1] == [rows[f"smvs-{number}"]]
+    assert hits >= 5
+    # metadata filters: an excluded artwork never comes back, whatever its votes
+    desc = _photo_descriptors(recognizer, SMVS / "query" / "001.jpg")
+    allowed = np.array([r for r in range(len(bundle.artworks)) if r != rows["smvs-001"]])
+    assert rows["smvs-001"] not in vote_ranking(bundle.votes, owner, desc, len(bundle.artworks), 5, allowed=allowed)
+
+
+@needs_shared
+def test_add_and_delete_keep_the_vote_index_aligned(smvs_bundle, tmp_path, tiny_model):
+    from artlens.embedder import Embedder
+    from artlens.indexing.incremental import add_artwork, remove_artwork
+
+    work = tmp_path / "bundle"
+    shutil.copytree(smvs_bundle, work)
+    bundle = add_artwork(load_bundle(work), Embedder(tiny_model), "smvs-030",
+                         (SMVS / "reference" / "030.jpg").read_bytes(), {})
+    assert bundle.votes.ntotal == bundle.features.offsets[-1] == bundle.meta["votes"]["count"]
+    bundle = remove_artwork(bundle, "smvs-001")  # every later artwork's descriptor positions shift down
+    assert bundle.votes.ntotal == bundle.features.offsets[-1]
+    rec = Recognizer(bundle)
+    owner = descriptor_owner(bundle.features.offsets)
+    rows = {a["object_id"]: i for i, a in enumerate(bundle.artworks)}
+    for object_id, photo in (("smvs-030", SMVS / "reference" / "030.jpg"), ("smvs-003", SMVS / "query" / "003.jpg")):
+        ranking = vote_ranking(bundle.votes, owner, _photo_descriptors(rec, photo), len(bundle.artworks), 3)
+        assert ranking[0] == rows[object_id], object_id
+    assert rec.recognize(SMVS / "query" / "003.jpg").matches[0].object_id == "smvs-003"
+
+
+@needs_shared
+def test_index_votes_upgrades_a_bundle_built_without_one(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from artlens.cli import app
+    from artlens.indexing.build import build_bundle
+
+    rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg")} for n in SMVS_SUBSET[:6]]
+    collection = write_collection(tmp_path / "collection.csv", rows)
+    out = tmp_path / "old"
+    build_bundle(tiny_model, collection, out, config={"votes": None})
+    assert load_bundle(out).votes is None and "votes" not in load_bundle(out).meta
+    res = CliRunner().invoke(app, ["index", "votes", "--index", str(out), "--photos", "12"])
+    assert res.exit_code == 0, res.output
+    bundle = load_bundle(out)  # checksums verified, counts checked
+    assert bundle.votes.ntotal == bundle.features.offsets[-1] and bundle.meta["last_change"] == "vote index"
+    assert bundle.meta["calibration"] is not None
+    analysis = Recognizer(bundle).analyse(SMVS / "query" / "001.jpg")
+    assert analysis.candidates[0].row == 0  # the vote ranking's best comes first in the shortlist
+    result = Recognizer(bundle).recognize(SMVS / "query" / "001.jpg")
+    assert result.matches and result.matches[0].object_id == "smvs-001"
+    missing = CliRunner().invoke(app, ["index", "votes", "--index", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "not an index bundle" in " ".join(missing.output.split())
+
+
+@needs_shared
+def test_a_vote_index_that_does_not_match_the_features_is_refused(smvs_bundle, tmp_path):
+    import faiss
+
+    from artlens.errors import BundleError
+    from artlens.indexing.bundle import VOTES_FILE, read_meta, write_meta
+
+    work = tmp_path / "bundle"
+    shutil.copytree(smvs_bundle, work)
+    votes = faiss.read_index(str(work / VOTES_FILE))
+    votes.remove_ids(faiss.IDSelectorRange(0, 10))
+    faiss.write_index(votes, str(work / VOTES_FILE))
+    write_meta(work, read_meta(work))  # fresh checksums: only the count check can catch it
+    with pytest.raises(BundleError, match="vote index"):
+        load_bundle(work)
