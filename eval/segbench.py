@@ -8,6 +8,10 @@ Two parts, each usable alone (``parts``):
     thresholds, full-resolution masks) + one DINOv2 forward per masked cut-out (``segment_embed.crop_vectors``);
   - ours: ``amg.DEFAULT_CONFIG`` + ``segment_embed.pooled_vectors`` on the artwork's one forward (the same forward
     that gives its whole-image vector, so it is counted here in full).
+* ``masks`` — the "at equal or better detail-query recall" half of the cost comparison: the same pipeline built
+  on a smaller collection three times — whole-image only, with our masks and pooled vectors, and with the
+  prototype's masks (``amg.SAM_DEFAULTS``) and crop vectors — and recall on detail photos of that collection
+  compared at the same false-positive rate. Smaller because the prototype's masks take minutes per artwork here.
 * ``recall`` — detail photos (``eval.details``) of a museum-mix collection, recognised by a whole-image-only bundle
   and by a bundle with segments; recall compared at the same false-positive rate. Also the crop and pooled
   segment vectors of the same masks, compared as a shortlist for detail photos (which mode to default to), and
@@ -35,7 +39,7 @@ from artlens.verification import FEATURE_CONFIG
 
 from .bench import describe_machine
 
-PARTS = ("cost", "recall")
+PARTS = ("cost", "recall", "masks")
 PROTOTYPE_DAYS_800K = 80.0  # the museum prototype's own projection for 800,000 artworks on one GPU
 
 DEFAULT_CONFIG: dict = {
@@ -53,6 +57,9 @@ DEFAULT_CONFIG: dict = {
     "calibration_photos": 200,  # simulated visitor photos each bundle is calibrated on (as `index build`)
     "calibration_fpr": 0.01,  # the build's default target
     "compare_modes": False,  # crop vs pooled vectors of the segment bundle's masks (docs/segments-benchmark.md)
+    "masks_artworks": 20,  # collection of the masks part (the prototype's masks: ≈ 3 min per artwork on 2 cores)
+    "masks_detail_queries": 120,
+    "masks_nomatch_queries": 60,
 }
 
 QUICK_CONFIG: dict = {  # a smoke test of every part for `make test`: settings shrunk, numbers meaningless
@@ -61,6 +68,9 @@ QUICK_CONFIG: dict = {  # a smoke test of every part for `make test`: settings s
     "detail_queries": 3,
     "nomatch_queries": 2,
     "calibration_photos": 4,
+    "masks_artworks": 3,
+    "masks_detail_queries": 3,
+    "masks_nomatch_queries": 2,
     "baseline_amg": {**amg.SAM_DEFAULTS, "points_per_side": 4},
     "ours_amg": {**amg.DEFAULT_CONFIG, "points_per_side": 2},
 }
@@ -339,10 +349,66 @@ def segment_vector_modes(bundle_path: Path, embedder: Embedder, queries: Path, c
     return out
 
 
-def bench_recall(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress: Progress) -> dict:
+def _build_calibrated(model_dir: Path, sam_dir: Path, collection: Path, path: Path, segments: dict | None,
+                      cfg: dict, progress: Progress, name: str) -> float:
+    """Build (and calibrate, as `index build` does) one bundle; with ``segments`` None, whole-image only.
+    Returns the build's wall seconds."""
     from artlens.indexing.build import build_bundle
     from artlens.recognition.calibrate import calibrate_bundle
 
+    calib = {"synthetic_photos": cfg["calibration_photos"], "target_fpr": cfg["calibration_fpr"]}
+    t0 = time.perf_counter()
+    build_bundle(model_dir, collection, path, sam_dir=sam_dir if segments else None,
+                 config={"segments": segments} if segments else None,
+                 progress=lambda stage, d, t: progress(f"build {name}: {stage}", d, t),
+                 before_commit=lambda staging: calibrate_bundle(staging, config=calib))
+    return round(time.perf_counter() - t0, 1)
+
+
+def bench_masks(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress: Progress) -> dict:
+    """Detail-photo recall with our masks against the prototype's masks, everything else equal.
+
+    Three bundles of the same ``masks_artworks`` museum-mix artworks, each calibrated as `index build` does:
+    whole-image only; segments from ``ours_amg`` with pooled vectors (our default); segments from
+    ``baseline_amg`` (segment-anything's defaults) with crop vectors (the prototype's recipe). Both segment
+    bundles get the same local descriptors and detail features of their segments, so the masks are what differs.
+    Their builds also time segmentation over every artwork of the collection (``seconds``: SAM, segment
+    vectors, detail features), a second, larger — but not interleaved — cost sample."""
+    from artlens.indexing.bundle import read_meta
+
+    from .datasets import museum_mix
+    from .details import make_detail_queries
+
+    mix = museum_mix(work / "museum-mix")
+    collection = limited_collection(mix.collection, cfg["masks_artworks"], cfg["seed"])
+    n_art = len(read_collection(collection).rows)
+    qdir = work / f"details-{n_art}-{cfg['masks_detail_queries']}-{cfg['masks_nomatch_queries']}-s{cfg['seed']}"
+    queries = make_detail_queries(collection, qdir, count=cfg["masks_detail_queries"], seed=cfg["seed"],
+                                  distractors_csv=mix.distractors, nomatch_count=cfg["masks_nomatch_queries"])
+    recipes = {"whole_only": None,
+               "ours": {"mode": cfg["segment_mode"], "amg": cfg["ours_amg"]},
+               "baseline": {"mode": "crop", "amg": cfg["baseline_amg"]}}
+    target = cfg["target_fpr"]
+    result: dict = {"collection": str(collection), "artworks": n_art, "queries": str(queries)}
+    for name, seg_cfg in recipes.items():  # the slow baseline last: the others are in the log if it is stopped
+        path = work / f"masks-{name}-{n_art}"
+        build_s = _build_calibrated(model_dir, sam_dir, collection, path, seg_cfg, cfg, progress, f"masks {name}")
+        report = _eval(path, queries, model_dir, None, progress, f"masks {name}")
+        (work / f"eval-masks-{name}-{n_art}.json").write_text(json.dumps(report, indent=1))
+        entry = {"build_s": build_s, **_summary(report, target)}
+        if seg_cfg:
+            seg_meta = read_meta(path)["segments"]
+            seconds = seg_meta["seconds"]
+            entry.update({"segments": seg_meta["count"], "segment_seconds": seconds,
+                          "segment_s_per_image": round(sum(seconds.values()) / n_art, 2)})
+        result[name] = entry
+        progress("masks: bundles built and evaluated", list(recipes).index(name) + 1, len(recipes))
+    result["detail_queries"] = result["whole_only"]["n_match_queries"]
+    result["nomatch_queries"] = result["whole_only"]["n_nomatch_queries"]
+    return result
+
+
+def bench_recall(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress: Progress) -> dict:
     from .datasets import museum_mix
     from .details import make_detail_queries
 
@@ -352,16 +418,11 @@ def bench_recall(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress
     qdir = work / f"details-{n_art}-{cfg['detail_queries']}-{cfg['nomatch_queries']}-s{cfg['seed']}"
     queries = make_detail_queries(collection, qdir, count=cfg["detail_queries"], seed=cfg["seed"],
                                   distractors_csv=mix.distractors, nomatch_count=cfg["nomatch_queries"])
-    calib = {"synthetic_photos": cfg["calibration_photos"], "target_fpr": cfg["calibration_fpr"]}
     bundles, build_s = {}, {}
-    for name, sam in (("whole_only", None), ("segments", sam_dir)):
+    for name, seg_cfg in (("whole_only", None),
+                          ("segments", {"mode": cfg["segment_mode"], "amg": cfg["ours_amg"]})):
         path = work / f"bundle-{name}-{n_art}"
-        t0 = time.perf_counter()
-        build_bundle(model_dir, collection, path, sam_dir=sam,
-                     config={"segments": {"mode": cfg["segment_mode"], "amg": cfg["ours_amg"]}} if sam else None,
-                     progress=lambda stage, d, t, name=name: progress(f"build {name}: {stage}", d, t),
-                     before_commit=lambda staging: calibrate_bundle(staging, config=calib))
-        build_s[name] = round(time.perf_counter() - t0, 1)
+        build_s[name] = _build_calibrated(model_dir, sam_dir, collection, path, seg_cfg, cfg, progress, name)
         bundles[name] = path
     whole = _eval(bundles["whole_only"], queries, model_dir, None, progress, "whole-only")
     seg = _eval(bundles["segments"], queries, model_dir, None, progress, "segments")
@@ -456,6 +517,20 @@ def bench_segments(model_dir: str | Path, sam_dir: str | Path, work: str | Path,
         dino = rec["segment_index"]["dinov2"]
         summary.update({"bytes_per_segment_vector": dino["bytes_per_vector"],
                         "segment_recall_at_10": dino["recall_at_10"], "segments": rec["segment_count"]})
+    if "masks" in parts:
+        masks = bench_masks(model_dir, sam_dir, work, cfg, tick)
+        result["masks"] = masks
+        at = f"at_fpr_{cfg['target_fpr']:g}"
+        summary.update({
+            "masks_artworks": masks["artworks"],
+            "masks_detail_recall_ours": masks["ours"][at]["recall"],
+            "masks_detail_recall_baseline": masks["baseline"][at]["recall"],
+            "masks_detail_recall_whole_only": masks["whole_only"][at]["recall"],
+            "masks_false_positive_rate": max(masks[n][at]["false_positive_rate"]
+                                             for n in ("ours", "baseline", "whole_only")),
+            "masks_segment_s_per_image_ours": masks["ours"]["segment_s_per_image"],
+            "masks_segment_s_per_image_baseline": masks["baseline"]["segment_s_per_image"],
+        })
     result["summary"] = summary
     result.update(summary)
     result["seconds"] = round(time.perf_counter() - started, 1)
