@@ -24,7 +24,8 @@ from .conftest import SMVS, needs_shared, write_collection
 pytestmark = needs_shared
 
 DATA_FILES = {"artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss",
-              "features/keypoints.npy", "features/descriptors.npy", "features/offsets.npy", "features/sizes.npy"}
+              "features/keypoints.npy", "features/descriptors.npy", "features/offsets.npy", "features/sizes.npy",
+              "votes.faiss"}
 
 
 def ref(n: str) -> str:
@@ -79,6 +80,7 @@ def test_bundle_layout(small_bundle, tiny_model):
     assert meta["collection"]["metadata_columns"] == ["title", "room"]
     assert meta["collection"]["skipped"] == []
     assert set(meta["checksums"]) == DATA_FILES
+    assert meta["votes"]["count"] == meta["counts"]["keypoints"] and meta["votes"]["factory"].startswith("IVF")
     for name, digest in meta["checksums"].items():
         assert file_sha256(out / name) == digest, name
 
