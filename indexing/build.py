@@ -135,6 +135,9 @@ def build_bundle(
     embeddings = np.concatenate(vectors).astype(np.float32)
     index, index_desc = vector_index.build_index(embeddings, cfg["index"])
     features = bundle_io.ReferenceFeatures.from_list(feats, fcfg["method"])
+    if features.offsets[-1] == 0:  # nothing to learn a vocabulary from, nothing to verify against
+        raise CollectionError(f"{collection.path}: no local features in any of the {len(artworks)} images (blank,"
+                              " uniform or tiny images?); artworks need visible detail to be recognised")
     vocabulary, local_index, local_desc = _local_shortlist_index(features, {**VLAD_CONFIG, **cfg["vlad"]}, cfg["index"])
     votes, votes_desc = None, None
     if cfg["votes"] is not None:

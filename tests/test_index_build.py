@@ -174,6 +174,21 @@ def test_no_usable_rows_is_an_error(tmp_path, tiny_model):
     assert not out.exists() and not leftovers(out)
 
 
+def test_featureless_images_are_a_clear_error(tmp_path, tiny_model):
+    import cv2
+    import numpy as np
+
+    rows = []
+    for i in range(3):  # decodable, but uniform grey: no keypoint anywhere (VLAD and votes would have no data)
+        cv2.imwrite(str(tmp_path / f"blank{i}.png"), np.full((300, 400, 3), 128, np.uint8))
+        rows.append({"object_id": f"blank{i}", "image": f"blank{i}.png"})
+    csv_path = write_collection(tmp_path / "c.csv", rows)
+    out = tmp_path / "bundle"
+    with pytest.raises(CollectionError, match="no local features in any of the 3 images"):
+        build_bundle(tiny_model, csv_path, out, before_commit=None)
+    assert not out.exists() and not leftovers(out)
+
+
 def test_strict_fails_on_first_bad_row_and_leaves_nothing(tmp_path, tiny_model):
     rows = [*rows_for(["001", "003"]), {"object_id": "gone", "image": "gone.jpg"},
             {"object_id": "also-gone", "image": "also-gone.jpg"}]
