@@ -74,6 +74,15 @@ def refill(index: faiss.Index, features) -> faiss.Index:
     return fresh
 
 
+def with_added(index: faiss.Index, features) -> faiss.Index:
+    """A copy of a vote index with one more artwork's descriptors (``features``: its LocalFeatures) at the end,
+    where the bundle's flat descriptor array puts them too."""
+    grown = faiss.clone_index(index)
+    if len(features.descriptors):
+        grown.add(_matching(features))
+    return grown
+
+
 def vote_scores(sims: np.ndarray, ids: np.ndarray, owner: np.ndarray, rows: int) -> np.ndarray:
     """Summed votes per artwork row, float [rows], from a k-NN search of a photo's descriptors.
 

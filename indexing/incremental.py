@@ -44,7 +44,7 @@ from . import bundle as bundle_io
 from . import vector_index
 from .bundle import Bundle, ReferenceFeatures
 from .collection import resolve_image
-from .descriptor_votes import build_vote_index, refill
+from .descriptor_votes import build_vote_index, refill, with_added
 from .segments import DetailFeatures, SegmentStore, segment_files, segment_vector_index
 
 IMAGE_DIR = "images"
@@ -116,10 +116,8 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     embeddings = np.concatenate([np.asarray(bundle.embeddings), vector[None]])
     votes = None
     if bundle.votes is not None:  # ids are descriptor positions: the new artwork's come last
-        votes = faiss.clone_index(bundle.votes)
-        if len(feats):
-            votes.add(np.ascontiguousarray(matching_space(feats.descriptors, feats.method), np.float32))
-        votes = (votes, {**bundle.meta["votes"], "count": int(votes.ntotal)})
+        grown = with_added(bundle.votes, feats)
+        votes = (grown, {**bundle.meta["votes"], "count": int(grown.ntotal)})
     return _write_version(bundle, f"add {object_id}", artworks, embeddings, index, features, local_index,
                           new_image=(stored, image), votes=votes)
 
