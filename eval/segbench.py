@@ -365,6 +365,21 @@ def _build_calibrated(model_dir: Path, sam_dir: Path, collection: Path, path: Pa
     return round(time.perf_counter() - t0, 1)
 
 
+def _detail_set(work: Path, cfg: dict, limit: int | None, count: int, nomatch: int) -> tuple[Path, int, Path]:
+    """(collection CSV, artworks, queries CSV): ``limit`` museum-mix artworks (None: all) and their detail photos,
+    ``count`` of them plus ``nomatch`` of the held-out distractors; made once per setting under ``work``."""
+    from .datasets import museum_mix
+    from .details import make_detail_queries
+
+    mix = museum_mix(work / "museum-mix")
+    collection = limited_collection(mix.collection, limit, cfg["seed"])
+    n_art = len(read_collection(collection).rows)
+    qdir = work / f"details-{n_art}-{count}-{nomatch}-s{cfg['seed']}"
+    queries = make_detail_queries(collection, qdir, count=count, seed=cfg["seed"], distractors_csv=mix.distractors,
+                                  nomatch_count=nomatch)
+    return collection, n_art, queries
+
+
 def bench_masks(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress: Progress) -> dict:
     """Detail-photo recall with our masks against the prototype's masks, everything else equal.
 
@@ -376,15 +391,8 @@ def bench_masks(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress:
     vectors, detail features), a second, larger — but not interleaved — cost sample."""
     from artlens.indexing.bundle import read_meta
 
-    from .datasets import museum_mix
-    from .details import make_detail_queries
-
-    mix = museum_mix(work / "museum-mix")
-    collection = limited_collection(mix.collection, cfg["masks_artworks"], cfg["seed"])
-    n_art = len(read_collection(collection).rows)
-    qdir = work / f"details-{n_art}-{cfg['masks_detail_queries']}-{cfg['masks_nomatch_queries']}-s{cfg['seed']}"
-    queries = make_detail_queries(collection, qdir, count=cfg["masks_detail_queries"], seed=cfg["seed"],
-                                  distractors_csv=mix.distractors, nomatch_count=cfg["masks_nomatch_queries"])
+    collection, n_art, queries = _detail_set(work, cfg, cfg["masks_artworks"], cfg["masks_detail_queries"],
+                                             cfg["masks_nomatch_queries"])
     recipes = {"whole_only": None,
                "ours": {"mode": cfg["segment_mode"], "amg": cfg["ours_amg"]},
                "baseline": {"mode": "crop", "amg": cfg["baseline_amg"]}}
@@ -409,15 +417,8 @@ def bench_masks(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress:
 
 
 def bench_recall(model_dir: Path, sam_dir: Path, work: Path, cfg: dict, progress: Progress) -> dict:
-    from .datasets import museum_mix
-    from .details import make_detail_queries
-
-    mix = museum_mix(work / "museum-mix")
-    collection = limited_collection(mix.collection, cfg["collection_limit"], cfg["seed"])
-    n_art = len(read_collection(collection).rows)
-    qdir = work / f"details-{n_art}-{cfg['detail_queries']}-{cfg['nomatch_queries']}-s{cfg['seed']}"
-    queries = make_detail_queries(collection, qdir, count=cfg["detail_queries"], seed=cfg["seed"],
-                                  distractors_csv=mix.distractors, nomatch_count=cfg["nomatch_queries"])
+    collection, n_art, queries = _detail_set(work, cfg, cfg["collection_limit"], cfg["detail_queries"],
+                                             cfg["nomatch_queries"])
     bundles, build_s = {}, {}
     for name, seg_cfg in (("whole_only", None),
                           ("segments", {"mode": cfg["segment_mode"], "amg": cfg["ours_amg"]})):
