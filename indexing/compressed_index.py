@@ -158,7 +158,7 @@ def uncentred_pca(x: np.ndarray, d_out: int) -> tuple[np.ndarray, float]:
     """Rows: the top ``d_out`` eigenvectors of E[x xᵀ] (float32 [d_out, d]); and the share of E‖x‖² kept."""
     moment = (x.astype(np.float64).T @ x.astype(np.float64)) / len(x)
     values, vecs = np.linalg.eigh(moment)
-    order = np.argsort(values)[::-1][:d_out]
+    order = np.argsort(values, kind="stable")[::-1][:d_out]
     return np.ascontiguousarray(vecs[:, order].T, dtype=np.float32), float(values[order].sum() / values.sum())
 
 

@@ -59,7 +59,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray 
             # A filtered HNSW walk misses allowed rows when they are few (the graph routes through excluded
             # nodes): score the allowed rows exactly instead; cheap at this size.
             scores = queries @ index.reconstruct_batch(rows).T
-            order = np.argsort(-scores, axis=1)[:, :k]
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: equal scores in row order
             return np.take_along_axis(scores, order, axis=1), rows[order]
         params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorBatch(rows), efSearch=max(256, 4 * k))
     else:

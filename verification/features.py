@@ -62,7 +62,9 @@ def extract(gray: np.ndarray, config: dict | None = None) -> LocalFeatures:
         dim = 32 if binary_method(cfg["method"]) else 128
         return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, dim), np.uint8), size, cfg["method"])
     if len(kps) > cfg["max_keypoints"]:  # AKAZE has no cap of its own; keep the strongest
-        order = np.argsort([-k.response for k in kps])[: cfg["max_keypoints"]]
+        # A stable sort: SIFT gives one location several orientations with equal responses, and NumPy's unstable
+        # sorts order such ties differently with and without AVX-512, which changed the features kept per CPU.
+        order = np.argsort([-k.response for k in kps], kind="stable")[: cfg["max_keypoints"]]
         kps = [kps[i] for i in order]
         desc = desc[order]
     pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)

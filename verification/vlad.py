@@ -104,7 +104,7 @@ def fit_projection(vlads: np.ndarray, words: int, config: dict | None = None) ->
     centred = x - mean
     # Eigen-decomposition of the N × N Gram matrix: N (samples) is far below the VLAD dimension.
     lam, vec = np.linalg.eigh(centred @ centred.T)
-    keep = np.argsort(-lam)[: min(cfg["pca_dims"], len(x) - 1)]
+    keep = np.argsort(-lam, kind="stable")[: min(cfg["pca_dims"], len(x) - 1)]
     lam, vec = np.maximum(lam[keep], 1e-12), vec[:, keep]
     directions = (centred.T @ vec) / np.sqrt(lam)  # unit principal directions [words * D, dims]
     variance = lam / len(x)
