@@ -6,18 +6,54 @@ SHARED := ../shared
 MODEL := models/dinov2-small
 OUT := out/demo
 
-.PHONY: venv model demo test lint bench eval-smvs serve loadtest clean
+LOCK := requirements/lock.txt
+# Every install takes the versions the tests passed with: requirements/lock.txt, a pip constraints file that
+# `make lock` writes from .venv (requirements/lock.py). Only packages the lock names are pinned by it.
+PIP_LOCKED := $(BIN)/pip install --quiet -c $(LOCK)
+
+.PHONY: venv venv-gpu lock test-floors model demo test lint bench eval-smvs serve loadtest clean
 
 venv: $(VENV)/.installed
 
-# torch is installed first and pinned: the CPU build of 2.13.0 is what these machines provide; an unpinned
-# torch would pull several GB of CUDA wheels.
-$(VENV)/.installed: pyproject.toml
+# torch is installed first: the lock pins the CPU build of 2.13.0 these machines hold as a file; an unpinned
+# torch would pull several GB of CUDA wheels. The CPU and CUDA builds of ONNX Runtime write one `onnxruntime`
+# module, so a venv that `make venv-gpu` moved to the CUDA build is moved back to the CPU build here.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[export,dev,eval]'
+	$(PIP_LOCKED) torch==2.13.0
+	$(PIP_LOCKED) -e '.[export,dev,eval]'
+	if $(BIN)/pip show --quiet onnxruntime-gpu 2>/dev/null; then \
+	  $(BIN)/pip uninstall --quiet -y onnxruntime-gpu && $(PIP_LOCKED) --force-reinstall --no-deps onnxruntime; fi
+	rm -f $(VENV)/.installed-gpu
 	touch $@
+
+# ONNX Runtime's CUDA build in place of the CPU build (Linux with an NVIDIA driver, CUDA 13 and cuDNN 9 libraries;
+# README, "GPU"). Installing the `gpu` extra overwrites the CPU build's files; removing the CPU distribution then
+# deletes those shared files, so the CUDA build is reinstalled last.
+venv-gpu: $(VENV)/.installed-gpu
+$(VENV)/.installed-gpu: $(VENV)/.installed
+	$(PIP_LOCKED) -e '.[export,dev,eval,gpu]'
+	$(BIN)/pip uninstall --quiet -y onnxruntime
+	$(PIP_LOCKED) --force-reinstall --no-deps onnxruntime-gpu
+	$(BIN)/python -c "import onnxruntime as o; p = o.get_available_providers(); print('ONNX Runtime', o.__version__, p); \
+	  assert 'CUDAExecutionProvider' in p, 'this onnxruntime build has no CUDA provider'"
+	touch $@
+
+# Rewrite the lock from .venv. To move a version: install it into .venv (.venv/bin/pip install -U NAME), run
+# `make test`, then `make lock`; commit requirements/lock.txt with the change.
+lock:
+	test -x $(BIN)/python || { echo "no $(VENV): run make venv first"; exit 1; }
+	$(BIN)/python requirements/lock.py
+
+# The lowest versions pyproject.toml admits (requirements/floors.txt) in their own venv, with the core tests.
+FLOORS_VENV := .venv-floors
+test-floors:
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install --quiet --upgrade pip
+	$(FLOORS_VENV)/bin/pip install --quiet --only-binary :all: -c requirements/floors.txt torch==2.13.0 -e '.[export]' pytest
+	$(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_embedder.py \
+	  tests/test_cli.py tests/test_server_api.py
 
 # Pretrained DINOv2 ViT-S/14 where a model hub is reachable; otherwise the same architecture, random-init
 # (pretrained: false, warned about loudly), so the demo still runs end to end offline.

@@ -6,7 +6,9 @@ Shared by the offline index build and online recognition, so both preprocess ide
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,14 @@ from artlens.hashing import file_sha256
 POOLINGS = ("gem", "cls", "cls+mean", "mean")
 GEOMETRIES = ("squash", "aspect", "center-crop")
 GEM_P = 3.0
+# The CPU build (the core dependency) and the CUDA build (the `gpu` extra) of ONNX Runtime: both install the one
+# `onnxruntime` module, so exactly one of them should be installed.
+ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+# Distributions whose versions can change results or speed: reported by tests and benchmarks.
+KEY_LIBRARIES = ("numpy", "opencv-python-headless", "faiss-cpu", *ONNXRUNTIME_DISTRIBUTIONS, "pillow", "pillow-heif",
+                 "litestar", "torch")
+
+log = logging.getLogger("artlens.embedder")
 
 
 @dataclass(frozen=True)
@@ -41,26 +51,59 @@ class ModelInfo:
                 "precision": self.precision}
 
 
-def gpu_usable() -> bool:
-    """True only when ONNX Runtime has the CUDA provider *and* a CUDA driver with a device answers.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def requested_device() -> str:
+    """ARTLENS_DEVICE: ``auto`` (CUDA when usable, else CPU), ``cpu``, or ``cuda`` (CUDA or refuse to start)."""
+    device = os.environ.get("ARTLENS_DEVICE", "").strip().lower() or "auto"
+    if device not in DEVICES:
+        raise ModelError(f"ARTLENS_DEVICE={device!r}: choose one of {', '.join(DEVICES)}")
+    return device
+
+
+def cuda_problem() -> str | None:
+    """Why ONNX Runtime cannot run on CUDA here, or None when its CUDA provider, the driver and a device answer.
 
     onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU and then logs errors when
     asked for it; checking the driver first keeps CPU machines quiet.
     """
-    if os.environ.get("ARTLENS_DEVICE", "").lower() == "cpu":
-        return False
     import ctypes
 
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
+        return (f"this ONNX Runtime build ({ort.get_device()}) has no CUDA execution provider: install"
+                " onnxruntime-gpu instead of onnxruntime")
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
-        count = ctypes.c_int(0)
-        return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
     except OSError:
-        return False
+        return "no NVIDIA driver (libcuda.so.1 cannot be loaded; with Docker, run with --gpus)"
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return "the NVIDIA driver answers but sees no CUDA device"
+    return None
+
+
+def gpu_usable() -> bool:
+    """True only when ONNX Runtime has the CUDA provider *and* a CUDA driver with a device answers."""
+    return requested_device() != "cpu" and cuda_problem() is None
+
+
+def library_versions(names: tuple[str, ...] = KEY_LIBRARIES) -> dict[str, str]:
+    """Installed version of each named distribution; those not installed are left out."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def onnxruntime_distributions() -> list[str]:
+    """Which ONNX Runtime builds are installed (normally one)."""
+    return list(library_versions(ONNXRUNTIME_DISTRIBUTIONS))
 
 
 def read_model_json(model_dir: Path) -> dict:
@@ -110,22 +153,45 @@ class Embedder:
         # ORT's idle threads spin after each run and starve the verification that follows on a small CPU:
         # turning it off halved verify time on 2 cores (docs/benchmarks.md) without slowing the forward.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # ARTLENS_ORT_THREADS caps ONNX Runtime's intra-op threads for a whole deployment (0: ORT's default).
+        threads = threads or int(os.environ.get("ARTLENS_ORT_THREADS", "0") or 0)
         if threads:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
-        if gpu_usable():
+        device = requested_device()
+        problem = cuda_problem() if device != "cpu" else None
+        if device == "cuda" and problem:
+            raise ModelError(f"ARTLENS_DEVICE=cuda but CUDA is not usable: {problem}")
+        if device != "cpu" and problem is None:
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
         except Exception as exc:
             raise ModelError(f"{onnx_path}: ONNX Runtime cannot load the model ({exc})") from None
         self.providers = self.session.get_providers()
+        # ORT falls back to the CPU with only a log line when the CUDA provider fails to load (CUDA or cuDNN
+        # libraries missing or of another major version): with ARTLENS_DEVICE=cuda that is a start-up error.
+        if device == "cuda" and "CUDAExecutionProvider" not in self.providers:
+            raise ModelError("ARTLENS_DEVICE=cuda but ONNX Runtime could not start its CUDA execution provider"
+                             " (see its log above: CUDA or cuDNN libraries missing or of another version than"
+                             " this onnxruntime-gpu was built for)")
+        if self.providers[0] != providers[0]:
+            log.warning("ONNX Runtime could not start %s; running on %s", providers[0], self.providers[0])
+        installed = onnxruntime_distributions()
+        if len(installed) > 1:
+            log.warning("both %s are installed: they share one module, so the one installed last runs; keep one"
+                        " (README, GPU)", " and ".join(installed))
         self.input_name = meta["onnx"].get("input", "pixel_values")
         self.info = ModelInfo(
             source=str(meta.get("source", self.model_dir)), pretrained=bool(meta["pretrained"]), sha256=sha,
             embedding_dim=self.dim, pooling=self.pooling, input_size=self.size, geometry=self.geometry,
             precision=meta["onnx"].get("precision", "fp32"),
         )
+
+    @property
+    def execution_provider(self) -> str:
+        """The ONNX Runtime execution provider this session runs on (e.g. CPUExecutionProvider)."""
+        return self.providers[0]
 
     @property
     def dim(self) -> int:

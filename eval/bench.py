@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.embedder import library_versions
 from artlens.errors import ImageError
 from artlens.imaging import load_image
 from artlens.recognition.recognizer import Recognizer
@@ -27,7 +28,8 @@ def describe_machine(recognizer: Recognizer | None = None) -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "libraries": library_versions()}
     if recognizer is not None:
         info["onnxruntime_providers"] = recognizer.embedder.providers
     return info
@@ -83,5 +85,6 @@ def bench_recognition(recognizer: Recognizer, queries: str | Path, *, top_k: int
         "stages_ms": {s: percentiles(v) for s, v in stages.items()},
         "stage_share_p50": {s: round(float(np.median(v)) / rec["p50"], 4) for s, v in stages.items()},
         "model": {**recognizer.embedder.info.public()},
+        "execution_provider": emb.execution_provider,
         "machine": describe_machine(recognizer),
     }

@@ -53,7 +53,7 @@ def bench_models(model_dirs: list[Path], queries: str | Path, *, batch_sizes: tu
         onnx = e.meta["onnx"]
         row = {"model": str(e.model_dir), "precision": e.info.precision, "mib": round(onnx.get("bytes", 0) / 2**20, 1),
                "cosine_to_reference": {"min": round(float(cos.min()), 5), "mean": round(float(cos.mean()), 5)},
-               "forward_ms": {}}
+               "execution_provider": e.execution_provider, "forward_ms": {}}
         for b in batch_sizes:
             p = percentiles(times[(m, b)])
             row["forward_ms"][str(b)] = {**p, "per_image_p50": round(p["p50"] / b, 2)}
@@ -63,7 +63,7 @@ def bench_models(model_dirs: list[Path], queries: str | Path, *, batch_sizes: tu
         row["speed_vs_reference_p50"] = {b: round(base[b]["p50"] / row["forward_ms"][b]["p50"], 3) for b in base}
     return {"queries": str(queries), "n_photos": len(rgbs), "rounds": rounds, "input_size": embedders[0].size,
             "pretrained": embedders[0].info.pretrained, "models": results, "machine": describe_machine(),
-            "providers": embedders[0].providers}
+            "execution_provider": embedders[0].execution_provider, "providers": embedders[0].providers}
 
 
 def bench_verification(recognizer, queries: str | Path, *, photos: int = 12, top_k: int = 20) -> dict:

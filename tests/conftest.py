@@ -15,6 +15,27 @@ ESTENSE = SHARED / "data" / "estense"
 
 needs_shared = pytest.mark.skipif(not SMVS.is_dir(), reason="../shared/data is not beside the repository")
 
+
+def pytest_report_header(config) -> list[str]:
+    """The versions the run tested and the ONNX Runtime providers it had, at the top of every test report."""
+    import onnxruntime
+
+    from artlens.embedder import gpu_usable, library_versions
+
+    versions = ", ".join(f"{name} {version}" for name, version in library_versions().items())
+    session = "CUDAExecutionProvider" if gpu_usable() else "CPUExecutionProvider"
+    return [f"artlens libraries: {versions}",
+            f"onnxruntime providers: available {', '.join(onnxruntime.get_available_providers())}; "
+            f"sessions run on {session}"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """`pytest -q` (make test) prints no header: the same lines then close the report."""
+    if terminalreporter.verbosity < 0:
+        for line in pytest_report_header(config):
+            terminalreporter.write_line(line)
+
+
 # SMVS paintings whose query photos the recognition tests use; the rest of the subset are distractors.
 SMVS_SUBSET = ["001", "003", "005", "007", "009", "011", "013", "015", "017", "019", "020", "021", "022", "023"]
 
