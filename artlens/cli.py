@@ -252,6 +252,36 @@ def index_votes(
                   highlight=False)
 
 
+@index_app.command("renditions")
+def index_renditions(
+    index: Annotated[Path, typer.Option(help="Bundle directory (written as its next version).")],
+) -> None:
+    """Store a reference-image rendition for every artwork that has none (bundles built before renditions), read
+    from the source images recorded at build time, so the service needs nothing outside the bundle."""
+    from artlens.indexing.bundle import load_bundle
+    from artlens.indexing.incremental import add_renditions
+
+    with _errors():
+        before = load_bundle(index)
+        missing = sum(1 for art in before.artworks if not art.get("rendition"))
+        if not missing:
+            console.print(f"[green]bundle[/green] {index}: every artwork already has a rendition; nothing to do",
+                          highlight=False)
+            return
+        bundle, failed = add_renditions(before)
+    if bundle is not before:
+        console.print(f"[green]bundle[/green] {index}: {missing - len(failed)} renditions stored (version"
+                      f" {bundle.meta['version']})", highlight=False)
+    if failed:
+        for object_id, reason in failed:
+            console.print(f"[red]error:[/red] {object_id}: {reason}", highlight=False)
+        console.print(f"[red]error:[/red] {len(failed)} artworks have no rendition (their source images could not"
+                      " be read); the service reads those sources instead, and answers 500 image_unavailable where"
+                      " it cannot",
+                      highlight=False)
+        raise typer.Exit(2)
+
+
 @app.command()
 def calibrate(
     index: Annotated[Path, typer.Option(help="Bundle directory (its bundle.json is updated).")],
@@ -428,7 +458,8 @@ def bench_recognition(
             task = bars.add_task("timing", total=None)
             result = run_bench(recognizer, queries, top_k=top_k, repeat=repeat,
                                        progress=lambda d, t: bars.update(task, completed=d, total=t))
-    table = Table(title=f"recognition vs bare model forward (K={result['top_k']}, {result['machine']['cpu']})")
+    table = Table(title=f"recognition vs bare model forward (K={result['top_k']}, {result['machine']['cpu']}, "
+                        f"{result['execution_provider']})")
     table.add_column("")
     table.add_column("p50 ms", justify="right")
     table.add_column("p95 ms", justify="right")
@@ -535,11 +566,13 @@ def bench_model(
 
             result["verification"] = bench_verification(Recognizer(index), queries)
     table = Table(title=f"bare ONNX forward, input {result['input_size']} ({result['machine']['cpu']})")
-    for col in ("model", "precision", "MiB", *(f"batch {b} p50 ms (per image)" for b in sizes), "cosine min/mean"):
+    for col in ("model", "precision", "provider", "MiB", *(f"batch {b} p50 ms (per image)" for b in sizes),
+                "cosine min/mean"):
         table.add_column(col)
     for row in result["models"]:
         fwd = row["forward_ms"]
-        table.add_row(row["model"], row["precision"], str(row["mib"]),
+        table.add_row(row["model"], row["precision"], row["execution_provider"].removesuffix("ExecutionProvider"),
+                      str(row["mib"]),
                       *(f"{fwd[str(b)]['p50']:.0f} ({fwd[str(b)]['per_image_p50']:.0f})" for b in sizes),
                       f"{row['cosine_to_reference']['min']:.4f} / {row['cosine_to_reference']['mean']:.4f}")
     out.print(table)
@@ -624,6 +657,7 @@ def serve(
 
         from artlens.indexing.bundle import read_meta
         from artlens.server.app import create_app
+        from artlens.server.protocol import uvicorn_config
         from artlens.server.settings import load_settings
 
         settings = load_settings(index=str(index) if index else None, model=str(model) if model else None,
@@ -634,8 +668,11 @@ def serve(
         _warn_if_random(meta["model"]["pretrained"])
         application = create_app(settings)
     # One process: the model and index are held once; concurrency comes from the inference thread pool.
-    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=30)
+    # Connection cap, timeouts and head limits: server/protocol.py (ARTLENS_* settings).
+    server = uvicorn.Server(uvicorn_config(application))
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)
 
 
 def _segment_search(index: Path):

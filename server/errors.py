@@ -8,12 +8,13 @@ logged with its traceback and answered 500 ``internal_error`` without internals.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from artlens.errors import ArtlensError
+from artlens.errors import ArtlensError, BundleError, ModelError
 
 from .requestlog import current_request_id
 from .schemas import ErrorBody
@@ -32,9 +33,8 @@ class ServiceError(ArtlensError):
 
 
 class Overloaded(ServiceError):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("overloaded", f"the server is at capacity; retry in {retry_after} s", 503,
-                         {"Retry-After": str(retry_after)})
+    def __init__(self, retry_after: int, reason: str = "the server is at capacity") -> None:
+        super().__init__("overloaded", f"{reason}; retry in {retry_after} s", 503, {"Retry-After": str(retry_after)})
 
 
 # ArtlensError code → HTTP status (anything else of ours: 422).
@@ -51,6 +51,9 @@ STATUS_BY_CODE = {
     "last_artwork": 409,
     "bad_bundle": 422,
     "bad_model": 422,
+    "bad_object_id": 400,
+    "too_few_features": 422,
+    "overloaded": 503,
 }
 
 # Litestar status → our code.
@@ -78,10 +81,25 @@ def _body(code: str, message: str, status: int, headers: dict[str, str] | None =
                     status_code=status, headers=headers, media_type="application/json")
 
 
+# Something that looks like a file system path: /a/b, ./a, ~/a, C:\a (a relative bundle file name such as
+# features/offsets.npy stays: it says which file of the bundle, not where the bundle is).
+_PATH = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:[\\/]|\.{0,2}[\\/]|~[\\/])[^\s'\"`()<>,;]*")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every file system path replaced by "…": where the server keeps its files is not a
+    client's business (the log names them)."""
+    return _PATH.sub("…", message)
+
+
 def artlens_error(_: Request, exc: ArtlensError) -> Response:
     if isinstance(exc, ServiceError):
         return _body(exc.code, str(exc), exc.status, exc.headers)
-    return _body(exc.code, str(exc), STATUS_BY_CODE.get(exc.code, 422))
+    message = str(exc)
+    if isinstance(exc, BundleError | ModelError):  # about the server's own files: say what, not where
+        log.warning("%s: %s", exc.code, message)
+        message = without_paths(exc.reason)
+    return _body(exc.code, message, STATUS_BY_CODE.get(exc.code, 422))
 
 
 def http_error(request: Request, exc: HTTPException) -> Response:

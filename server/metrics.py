@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 # Recognition takes 0.1–30 s on a small CPU under load; stages 1 ms–10 s.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class Metrics:
@@ -31,6 +32,8 @@ class Metrics:
         self.artworks = Gauge("artlens_artworks", "Artworks in the served index", registry=self.registry)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        # Clients choose the method token: unknown ones share a label, so label sets stay bounded.
+        method = method if method in METHODS else "other"
         self.requests.labels(method, route, str(status)).observe(seconds)
 
     def observe_recognition(self, status: str, timings_ms: dict[str, float]) -> None:

@@ -29,6 +29,10 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
@@ -56,38 +60,55 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
 
 
 def request_log_middleware(app: ASGIApp) -> ASGIApp:
+    """Outermost: every request is logged and counted, those refused before routing too. A client that went
+    away before its answer started is logged and counted as 499 ``client_closed``, whatever was sent after."""
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _SANE_ID.match(given) else uuid.uuid4().hex[:16]
+        rid = given if _SANE_ID.match(given) else new_request_id()
         token = _request_id.set(rid)
         status = 500
+        started_response = client_left = False
         started = time.perf_counter()
 
+        async def receive_watching() -> Message:
+            nonlocal client_left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not started_response:
+                client_left = True
+            return message
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
-            await app(scope, receive, send_with_id)
+            await app(scope, receive_watching, send_with_id)
         finally:
+            if client_left:
+                status = 499
             seconds = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
-            metrics = scope["app"].state.get("metrics")
+            state = scope["app"].state
+            metrics, clients = state.get("metrics"), state.get("clients")
+            fields = {"method": scope["method"], "path": scope["path"][:500], "route": route, "status": status,
+                      "duration_ms": round(seconds * 1e3, 2),
+                      "client": clients.address(scope) if clients else (scope.get("client") or ("?",))[0]}
+            if status == 499:
+                fields["code"] = "client_closed"
             if metrics is not None:
                 metrics.observe_request(scope["method"], route, status, seconds)
-            access_log.info("%s %s %d", scope["method"], scope["path"], status,
-                            extra={"request_id": rid, "fields": {
-                                "method": scope["method"], "path": scope["path"], "route": route, "status": status,
-                                "duration_ms": round(seconds * 1e3, 2),
-                                "client": (scope.get("client") or ("?",))[0]}})
+            access_log.info("%s %s %d", scope["method"], fields["path"], status,
+                            extra={"request_id": rid, "fields": fields})
             _request_id.reset(token)
 
     return middleware

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,7 +14,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import (
     OpenAPIFormat,
@@ -25,6 +27,7 @@ from litestar.openapi.spec import (
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import File
 
+from artlens.indexing.collection import MAX_OBJECT_ID, object_id_problem
 from artlens.recognition.burst import MAX_FRAMES
 
 from . import schemas
@@ -73,7 +76,8 @@ class AddArtworkOperation(Operation):
         self.request_body = RequestBody(required=True, content={"multipart/form-data": OpenAPIMediaType(schema=Schema(
             type=OpenAPIType.OBJECT, required=["image", "object_id"],
             properties={"image": _BINARY,
-                        "object_id": Schema(type=OpenAPIType.STRING, min_length=1, max_length=200),
+                        "object_id": Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_OBJECT_ID,
+                                            description="printable; no '/' or '\\'; not '.' or '..'"),
                         "metadata": Schema(type=OpenAPIType.STRING,
                                            description='JSON object of strings, e.g. {"title": "…", "creator": "…"};'
                                                        " other text fields are metadata too")}))})
@@ -83,19 +87,41 @@ class AddArtworkOperation(Operation):
 def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Admin guard: X-API-Key must equal one of the configured keys (constant-time comparison, every key)."""
     settings: Settings = connection.app.state.settings
+    throttle = connection.app.state.admin_throttle  # a client past its failed attempts is refused (429) first
+    throttle.check(connection.scope)
     given = connection.headers.get("x-api-key", "").encode("utf-8", "surrogateescape")
     ok = False
     for key in settings.api_keys:
         ok |= hmac.compare_digest(given, key.encode())
     if not ok:
+        if "x-api-key" in connection.headers:  # a guess (a missing header guesses nothing)
+            throttle.failed(connection.scope)
         raise NotAuthorizedException("a valid X-API-Key header is required for this route")
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
+# What Litestar's multipart parser says when a body has more parts than the app's multipart_form_part_limit.
+PART_LIMIT_DETAIL = "Request Entity Too Large"
+
+
+async def _read_form(request: Request, too_many_parts: ServiceError):
+    """The multipart form. Parsing stops at the app's part limit (so a body of thousands of tiny parts costs
+    nothing), with a generic message: answer ``too_many_parts`` instead, which says what the limit is for."""
+    try:
+        return await request.form()
+    except ClientException as exc:
+        if exc.status_code == 400 and exc.detail == PART_LIMIT_DETAIL:
+            raise too_many_parts from None
+        raise
+
+
 async def _read_frames(request: Request, max_frames: int) -> list[bytes]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form()
+        limit = request.app.multipart_form_part_limit
+        form = await _read_form(request, ServiceError(
+            "too_many_frames", f"more than {limit} parts in the multipart body; a burst has at most {max_frames}"
+            " `image` files", 400))
         fields = form.getall("image") if "image" in form else []
         if not fields:
             raise ServiceError("missing_image", "multipart body has no `image` file field", 400)
@@ -175,10 +201,21 @@ def artwork_image(
     sizes = sorted(settings.rendition_sizes)
     size = next((s for s in sizes if s >= size), sizes[-1])
     body, etag = catalogue.rendition(object_id, size)
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    # The CORS middleware sets `Vary: Origin` on cross-origin answers; every rendition answer says the same, so a
+    # shared cache keeps one entry per origin whether or not the first request carried one. No content coding
+    # is applied to JPEGs, so Accept-Encoding does not vary them.
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=86400", "Vary": "Origin"}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", status_code=304, headers=headers, media_type="image/jpeg")
     return Response(body, headers=headers, media_type="image/jpeg")
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: ``*`` matches any current representation; tags compare weakly (``W/`` ignored)."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 @get("/v1/artworks/{object_id:str}/similar", opt=PUBLIC, tags=["artworks"], sync_to_thread=False,
@@ -220,13 +257,20 @@ async def add_artwork(request: Request, holder: Holder, recognition: Recognition
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
         raise ServiceError("unsupported_media_type", "send multipart/form-data with `image` and `object_id`", 415)
-    form = await request.form()
+    limit = request.app.multipart_form_part_limit
+    form = await _read_form(request, ServiceError(
+        "invalid_request", f"more than {limit} parts in the multipart body; send the metadata as one JSON object"
+        " in `metadata`", 400))
     image = form.get("image")
     if not isinstance(image, UploadFile):
         raise ServiceError("missing_image", "multipart body has no `image` file field", 400)
     object_id = form.get("object_id")
-    if not isinstance(object_id, str) or not 1 <= len(object_id.strip()) <= 200 or not object_id.isprintable():
-        raise ServiceError("bad_object_id", "`object_id` must be 1–200 printable characters", 400)
+    if not isinstance(object_id, str):
+        raise ServiceError("bad_object_id", "`object_id` must be a text field", 400)
+    object_id = object_id.strip()
+    problem = object_id_problem(object_id)
+    if problem:  # an id is a segment of the artwork's URLs: it must come back through them unchanged
+        raise ServiceError("bad_object_id", f"`object_id` {object_id[:80]!r} {problem}", 400)
     metadata: dict[str, str] = {}
     raw_meta = form.get("metadata")
     if raw_meta:
@@ -241,8 +285,8 @@ async def add_artwork(request: Request, holder: Holder, recognition: Recognition
     extension = (Path(image.filename or "").suffix.lstrip(".").lower() or "jpg")[:5]
     if not extension.isalnum():
         extension = "jpg"
-    state = await recognition.run_admin(holder.add, object_id.strip(), data, metadata, extension)
-    row = state.rows[object_id.strip()]
+    state = await recognition.run_admin(holder.add, object_id, data, metadata, extension)
+    row = state.rows[object_id]
     features = state.bundle.features
     segments, warnings = None, []
     if state.bundle.segments is not None:
@@ -267,7 +311,7 @@ async def delete_artwork(holder: Holder, recognition: Recognition,
 async def reload_index(holder: Holder, recognition: Recognition,
                        data: JSONBody[schemas.ReloadRequest | None] = None) -> schemas.ReloadResponse:
     previous, state = await recognition.run_admin(holder.reload, data.index if data else None)
-    return schemas.ReloadResponse(str(state.bundle.path), state.version, len(state.rows), previous)
+    return schemas.ReloadResponse(state.bundle.path.name, state.version, len(state.rows), previous)
 
 
 # -- operations ---------------------------------------------------------------------------------------------------
@@ -280,8 +324,12 @@ def health() -> schemas.Health:
      summary="Readiness: model and index loaded, bundle version, pretrained flag")
 def ready(holder: Holder, recognition: Recognition, settings: Config) -> schemas.Ready:
     state = holder.state
-    return schemas.Ready("ready", str(state.bundle.path), state.version, len(state.rows), state.model_info(),
-                         settings.micro_batching, recognition.pending)
+    meta = state.bundle.meta
+    checksums = json.dumps(meta.get("checksums", {}), sort_keys=True).encode()
+    return schemas.Ready(
+        "ready", state.bundle.path.name, state.version, hashlib.sha256(checksums).hexdigest()[:16],
+        str(meta.get("updated") or meta.get("created") or ""), len(state.rows), state.model_info(),
+        state.recognizer.embedder.execution_provider, settings.micro_batching, recognition.pending)
 
 
 @get("/metrics", opt=INTERNAL, tags=["operations"], sync_to_thread=False, media_type=CONTENT_TYPE,

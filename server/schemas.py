@@ -43,14 +43,23 @@ class RecognizedArtwork(msgspec.Struct):
 
 
 class ModelInfo(msgspec.Struct):
-    id: str
+    id: str  # hub id (facebook/dinov2-small), or the name of the local directory the weights came from
     pretrained: bool
     sha256: str
     shortlist: str  # which ranking(s) chose the candidates: "fused" | "local" (VLAD) | "global" (DINOv2)
 
     @classmethod
     def from_summary(cls, summary: ModelSummary, shortlist: str) -> ModelInfo:
-        return cls(id=summary.id, pretrained=summary.pretrained, sha256=summary.sha256, shortlist=shortlist)
+        return cls(id=public_model_id(summary.id), pretrained=summary.pretrained, sha256=summary.sha256,
+                   shortlist=shortlist)
+
+
+def public_model_id(source: str) -> str:
+    """A model's id without the server's directories: a model exported from a local directory records that
+    directory's absolute path, and answers name only its last part; hub ids ("org/name") stay as they are."""
+    if source.startswith(("/", "~", ".")) or "\\" in source or source[1:3] in (":/", ":\\"):
+        return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "model"
+    return source
 
 
 class RecognizeResponse(msgspec.Struct):
@@ -150,7 +159,7 @@ class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ReloadResponse(msgspec.Struct):
-    index: str
+    index: str  # the bundle's name (its directory's name; never a path)
     bundle_version: int
     artworks: int
     previous_version: int
@@ -162,10 +171,13 @@ class Health(msgspec.Struct):
 
 class Ready(msgspec.Struct):
     status: str  # "ready"
-    index: str
+    index: str  # the bundle's name (its directory's name; never a path)
     bundle_version: int
+    bundle_id: str  # 16 hex digits of a sha256 over the bundle's file checksums: differs when any data differs
+    bundle_updated: str  # when this bundle version was written (ISO 8601, UTC)
     artworks: int
     model: ModelInfo
+    execution_provider: str  # ONNX Runtime execution provider of the live session, e.g. "CPUExecutionProvider"
     micro_batching: bool
     queue_depth: int
 

@@ -16,7 +16,6 @@ import asyncio
 import contextvars
 import functools
 import hashlib
-import io
 import logging
 import math
 import random
@@ -28,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from artlens.embedder import Embedder
-from artlens.errors import ModelError
-from artlens.imaging import load_image
-from artlens.indexing import incremental
+from artlens.errors import ArtlensError, BundleError, ModelError
+from artlens.imaging import DecodeBudget, DecodeBusy, release_memory
+from artlens.indexing import incremental, renditions
 from artlens.indexing.bundle import Bundle, load_bundle
 from artlens.indexing.collection import fetch_bytes
 from artlens.indexing.vector_index import search
@@ -87,6 +85,8 @@ class IndexHolder:
         self.metrics = metrics
         self._lock = threading.Lock()  # one change (reload/add/delete) at a time
         self.embedder: Embedder | None = None
+        # Pixels being decoded at once by recognitions and admin adds together (bounded memory).
+        self.decode_budget = DecodeBudget(settings.max_inflight_pixels)
         self.state = self._load(load_bundle(settings.index))
         log.info("serving %s (version %d, %d artworks, pretrained: %s)", self.state.bundle.path,
                  self.state.version, len(self.state.rows), self.state.recognizer.embedder.info.pretrained)
@@ -99,9 +99,14 @@ class IndexHolder:
             return current
         model_dir = Path(self.settings.model or meta.get("model_dir", ""))
         if not model_dir.is_dir():
-            raise ModelError(f"model directory {str(model_dir)!r} of bundle {bundle.path} not found;"
-                             " set ARTLENS_MODEL")
-        return Embedder(model_dir, pooling=meta["pooling"])
+            raise ModelError("the bundle's model directory is not found; set ARTLENS_MODEL to the model it was built"
+                             " with", path=model_dir)
+        try:
+            return Embedder(model_dir, pooling=meta["pooling"])
+        except ModelError as exc:  # its reason may quote ONNX Runtime: the log gets it, a client a summary
+            log.error("model of bundle %s: %s", bundle.path, exc)
+            raise ModelError("the bundle's model cannot be loaded (the server log says why); set ARTLENS_MODEL to a"
+                             " usable copy of the model it was built with", path=model_dir) from None
 
     def _load(self, bundle: Bundle) -> IndexState:
         embedder = self._embedder_for(bundle)
@@ -117,16 +122,26 @@ class IndexHolder:
         with self._lock:
             previous = self.state.version
             target = Path(path) if path else self.state.bundle.path
-            self.state = self._load(load_bundle(target))
+            try:
+                self.state = self._load(load_bundle(target))
+            except ArtlensError:
+                raise
+            except Exception:  # data no check foresaw: still a bundle this server cannot use
+                log.exception("reload of %.300s failed", target)
+                raise BundleError("the bundle could not be loaded (the log has the details); the current index"
+                                  " keeps serving") from None
             log.info("reloaded %s: version %d → %d", target, previous, self.state.version)
             return previous, self.state
 
     def add(self, object_id: str, image: bytes, metadata: dict[str, str], extension: str) -> IndexState:
         with self._lock:
             state = self.state
-            bundle = incremental.add_artwork(state.bundle, state.recognizer.embedder, object_id, image, metadata,
-                                             extension=extension, max_pixels=self.settings.max_pixels,
-                                             max_bytes=self.settings.max_image_bytes)
+            try:
+                bundle = incremental.add_artwork(state.bundle, state.recognizer.embedder, object_id, image, metadata,
+                                                 extension=extension, max_pixels=self.settings.max_pixels,
+                                                 max_bytes=self.settings.max_image_bytes, budget=self.decode_budget)
+            except DecodeBusy as exc:
+                raise Overloaded(5, str(exc)) from None
             self.state = self._load(bundle)
             log.info("added artwork %s (version %d)", object_id, self.state.version)
             if bundle.segments is not None:
@@ -184,8 +199,7 @@ class RecognitionService:
                         filters: dict[str, str]) -> schemas.RecognizeResponse:
         if self.pending >= self.capacity:
             self.metrics.rejected.inc()
-            wait = self._seconds * (self.pending + 1) / self.settings.inference_threads
-            raise Overloaded(int(min(60, max(1, math.ceil(wait)))))
+            raise Overloaded(self._retry_after(self.pending + 1))
         self.pending += 1
         self.metrics.queue_depth.set(self.pending)
         state = self.holder.state  # this request's snapshot: a concurrent swap does not affect it
@@ -194,6 +208,9 @@ class RecognitionService:
             ctx = contextvars.copy_context()
             job = functools.partial(ctx.run, self._recognize, state, frames, top_k, min_confidence, filters)
             response = await asyncio.get_running_loop().run_in_executor(self.executor, job)
+        except DecodeBusy as exc:  # other requests' large images are being decoded: retry once they are through
+            self.metrics.rejected.inc()
+            raise Overloaded(self._retry_after(1), str(exc)) from None
         finally:
             self.pending -= 1
             self.metrics.queue_depth.set(self.pending)
@@ -201,13 +218,22 @@ class RecognitionService:
         self.metrics.observe_recognition(response.status, response.timings_ms)
         return response
 
+    def _retry_after(self, ahead: int) -> int:
+        """Seconds until ``ahead`` recognitions are through, from the recent time of one."""
+        return int(min(60, max(1, math.ceil(self._seconds * ahead / self.settings.inference_threads))))
+
     def _recognize(self, state: IndexState, frames: list[bytes], top_k: int | None, min_confidence: float | None,
                    filters: dict[str, str]) -> schemas.RecognizeResponse:
         allowed = allowed_rows(state.bundle, filters)
         names = ["image" if len(frames) == 1 else f"image {i + 1} of {len(frames)}" for i in range(len(frames))]
-        burst = recognize_burst(state.recognizer, frames, top_k=top_k, min_confidence=min_confidence,
-                                allowed=allowed, embed=self._embed_fn(state.recognizer.embedder), names=names,
-                                max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_image_bytes)
+        try:
+            burst = recognize_burst(state.recognizer, frames, top_k=top_k, min_confidence=min_confidence,
+                                    allowed=allowed, embed=self._embed_fn(state.recognizer.embedder), names=names,
+                                    max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_image_bytes,
+                                    budget=self.holder.decode_budget)
+        finally:
+            if self.pending <= 1:  # the last recognition in flight: give the heap its threads grew back to the OS
+                release_memory()
         result = burst.recognition
 
         def present(cand):
@@ -234,6 +260,7 @@ class CatalogueService:
         self.holder = holder
         self.settings = settings
         self._renditions: OrderedDict[tuple[str, int], tuple[bytes, str]] = OrderedDict()
+        self._warned: set[tuple[str, int]] = set()  # bundle versions already logged as lacking renditions
         self._lock = threading.Lock()
 
     def random(self, count: int, seed: int | None) -> schemas.ArtworkList:
@@ -250,26 +277,53 @@ class CatalogueService:
         return schemas.Artwork.from_row(state.bundle.artworks[state.row(object_id)])
 
     def rendition(self, object_id: str, size: int) -> tuple[bytes, str]:
-        """JPEG of the reference image, longer side ``size`` (never upscaled), and its ETag (content hash)."""
+        """JPEG of the reference image, longer side ``size`` (never upscaled), and its ETag (content hash).
+
+        Read from the rendition stored in the bundle (checksum checked on every read from disk); an artwork of
+        an older bundle without one falls back to its recorded source, with a log line saying how to upgrade.
+        A stored image that is missing or damaged is the server's fault: 500 ``image_unavailable``, with the
+        file named in the log and never in the answer."""
         state = self.holder.state
-        source = incremental.image_source(state.bundle, state.row(object_id))
-        key = (str(source), size)
+        bundle = state.bundle
+        row = state.row(object_id)
+        stored = bundle.artworks[row].get("rendition")
+        # Stored renditions are named by their content, so the name is a safe cache key across versions.
+        key = (stored or f"{bundle.path}#{state.version}#{row}", size)
         with self._lock:
             hit = self._renditions.get(key)
             if hit:
                 self._renditions.move_to_end(key)
                 return hit
-        data = fetch_bytes(source)
-        decoded = load_image(data, name=f"reference image of {object_id!r}", max_side=size)
-        buf = io.BytesIO()
-        Image.fromarray(decoded.rgb).save(buf, "JPEG", quality=85, optimize=True)
-        body = buf.getvalue()
+        name = f"reference image of {object_id!r}"
+        try:
+            if stored:
+                data = renditions.read_verified(bundle.path, stored, bundle.meta.get("checksums", {}))
+            else:
+                self._warn_no_rendition(state, object_id)
+                data = fetch_bytes(incremental.image_source(bundle, row))
+            body = renditions.derive(data, size, stored=bool(stored), name=name)
+        except ArtlensError as exc:
+            log.error("%s is unavailable: %s", name, exc)
+            raise ServiceError("image_unavailable", f"the {name} is unavailable on this server (missing or damaged"
+                               " in the index bundle); the request id identifies it in the logs", 500) from None
         entry = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
         with self._lock:
             self._renditions[key] = entry
             while len(self._renditions) > self.settings.rendition_cache:
                 self._renditions.popitem(last=False)
         return entry
+
+    def _warn_no_rendition(self, state: IndexState, object_id: str) -> None:
+        """One log line per bundle version: its artworks without renditions read their recorded sources."""
+        key = (str(state.bundle.path), state.version)
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning("bundle %s (version %d) stores no rendition for artwork %r (and perhaps others): reading the"
+                    " source image recorded at build time instead, which a container or another machine may not"
+                    " have; store renditions with `artlens index renditions --index %s`", state.bundle.path,
+                    state.version, object_id, state.bundle.path)
 
     def _segments(self, state: IndexState):
         if state.recognizer.segments is None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import msgspec
 
 from artlens.errors import ArtlensError
+from artlens.imaging import DECODE_PIXEL_CAP
 
 
 class SettingsError(ArtlensError):
@@ -26,7 +27,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Admin API keys (X-API-Key header). Empty: admin routes answer 401 to everyone.
     api_keys: list[str] = msgspec.field(default_factory=list)
     cors_origins: list[str] = msgspec.field(default_factory=list)  # allow-list; empty: no cross-origin access
-    rate_limit_per_minute: int = 120  # per client address on public routes; 0 turns it off
+    # Rate limits (server/ratelimit.py): per client (device) and minute; 0 turns every request limit off.
+    rate_limit_per_minute: int = 300  # browsing: the /v1 GETs (metadata, thumbnails, similar)
+    recognize_per_minute: int = 30  # POST /v1/recognize, counted apart (expensive); 0: not limited
+    rate_limit_address_factor: int = 20  # one address (a museum's NAT) gets this many clients' allowance in all
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)  # addresses/CIDRs whose forwarding is believed
+    forwarded_header: str = "x-forwarded-for"  # the one header those proxies set: x-forwarded-for or forwarded
+    app_keys: list[str] = msgspec.field(default_factory=list)  # X-App-Key values; set: devices need a known one
+    admin_failures_per_minute: int = 10  # wrong X-API-Key attempts per client before admin routes answer 429
+    # Connections and timeouts (uvicorn; server/protocol.py). h11 has no timeouts of its own while reading.
+    max_connections: int = 1000  # open connections; more → 503 overloaded
+    header_timeout_s: float = 10.0  # a request head must arrive within this
+    body_timeout_s: float = 15.0  # longest wait for the next piece of a request body → 408
+    body_deadline_s: float = 120.0  # a whole request body → 408 beyond
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    max_url_bytes: int = 8192  # request target (path + query) → 414 beyond
+    max_header_bytes: int = 32768  # all request headers together → 431 beyond
     # Recognitions in progress at once (a thread pool off the event loop). More than the cores: while one waits
     # for its micro-batch or for ONNX Runtime, another extracts features; all heavy stages release the GIL.
     inference_threads: int = 4
@@ -37,6 +53,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_upload_bytes: int = 30 * 1024 * 1024  # whole request body → 413 beyond
     max_image_bytes: int = 15 * 1024 * 1024  # one image → 413 beyond
     max_pixels: int = 50_000_000  # one decoded image (decompression bombs) → 413 beyond
+    # Pixels being decoded at once across requests (imaging.DecodeBudget: a baseline JPEG counts at its reduced
+    # decoding scale, WebP 4× its pixels); a decode that would exceed it → 503 + Retry-After. ~4 bytes each.
+    max_inflight_pixels: int = 100_000_000
     max_frames: int = 5  # images per burst
     default_top_k: int = 20
     rendition_sizes: list[int] = msgspec.field(default_factory=lambda: [128, 256, 512, 1024])
@@ -49,6 +68,32 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise SettingsError("inference_threads and batch_max must be ≥ 1, max_queue ≥ 0")
         if not 1 <= self.max_frames <= 5:
             raise SettingsError("ARTLENS_MAX_FRAMES must be between 1 and 5")
+        if not 1 <= self.max_pixels <= DECODE_PIXEL_CAP:
+            raise SettingsError(f"ARTLENS_MAX_PIXELS must be between 1 and {DECODE_PIXEL_CAP}")
+        if self.max_inflight_pixels < 1:
+            raise SettingsError("ARTLENS_MAX_INFLIGHT_PIXELS must be ≥ 1")
+        self._check_edge()
+
+    def _check_edge(self) -> None:
+        from ipaddress import ip_network
+
+        for name in ("header_timeout_s", "body_timeout_s", "body_deadline_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"ARTLENS_{name.upper()} must be > 0")
+        for name in ("max_connections", "max_url_bytes", "max_header_bytes", "rate_limit_address_factor"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"ARTLENS_{name.upper()} must be ≥ 1")
+        for name in ("rate_limit_per_minute", "recognize_per_minute", "admin_failures_per_minute"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"ARTLENS_{name.upper()} must be ≥ 0 (0 turns it off)")
+        self.forwarded_header = self.forwarded_header.strip().lower()
+        if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
+            raise SettingsError("ARTLENS_FORWARDED_HEADER must be x-forwarded-for or forwarded")
+        for proxy in self.trusted_proxies:
+            try:
+                ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(f"ARTLENS_TRUSTED_PROXIES: {proxy!r} is not an IP address or CIDR") from None
 
 
 _LISTS = {name for name, typ in Settings.__annotations__.items() if "list" in str(typ)}

@@ -59,3 +59,23 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+class ServedApp(LiveServer):
+    """The app exactly as ``artlens serve`` runs it (server/protocol.uvicorn_config: our h11 protocol, its
+    timeouts, connection cap and head limits), on uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, bundle: Path, **settings) -> None:
+        import socket
+
+        import uvicorn
+
+        from artlens.server.protocol import uvicorn_config
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        defaults = {"index": str(bundle), "api_keys": [API_KEY], "host": "127.0.0.1", "port": self.port}
+        self.app = create_app(load_settings({}, **{**defaults, **settings}), configure_logs=False)
+        self.server = uvicorn.Server(uvicorn_config(self.app))
+        self.url = f"http://127.0.0.1:{self.port}"

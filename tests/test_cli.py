@@ -245,6 +245,9 @@ def test_bench_report(smvs_bundle, queries_csv, tmp_path):
     assert bench["ratio_p50"] > 1.0  # recognition includes a forward pass and more
     assert set(bench["stages_ms"]) == STAGES
     assert "ratio_p50" in result.stdout
+    # The provider the forward passes ran on, in the JSON and the table's title.
+    assert bench["execution_provider"] in bench["machine"]["onnxruntime_providers"]
+    assert bench["execution_provider"] in squeeze(result.stdout)
 
 
 def test_bench_missing_photo_is_a_clear_error(smvs_bundle, tmp_path):

@@ -79,7 +79,8 @@ def test_bundle_layout(small_bundle, tiny_model):
     assert meta["collection"]["csv"] == str(csv_path) and meta["collection"]["rows"] == 4
     assert meta["collection"]["metadata_columns"] == ["title", "room"]
     assert meta["collection"]["skipped"] == []
-    assert set(meta["checksums"]) == DATA_FILES
+    renditions = {a["rendition"] for a in json.loads((out / "artworks.json").read_text())}
+    assert len(renditions) == 4 and set(meta["checksums"]) == DATA_FILES | renditions
     assert meta["votes"]["count"] == meta["counts"]["keypoints"] and meta["votes"]["factory"].startswith("IVF")
     for name, digest in meta["checksums"].items():
         assert file_sha256(out / name) == digest, name
@@ -184,7 +185,7 @@ def test_featureless_images_are_a_clear_error(tmp_path, tiny_model):
         rows.append({"object_id": f"blank{i}", "image": f"blank{i}.png"})
     csv_path = write_collection(tmp_path / "c.csv", rows)
     out = tmp_path / "bundle"
-    with pytest.raises(CollectionError, match="no local features in any of the 3 images"):
+    with pytest.raises(CollectionError, match=r"no usable rows \(3 skipped\)"):  # each: too few local features
         build_bundle(tiny_model, csv_path, out, before_commit=None)
     assert not out.exists() and not leftovers(out)
 
@@ -275,6 +276,7 @@ def test_utf8_bom_and_metadata_are_kept(tmp_path, tiny_model):
     csv_path.write_text(f"object_id,image,title\nsmvs-001,{ref('001')},Café – Œuvre\n", encoding="utf-8-sig")
     build_bundle(tiny_model, csv_path, tmp_path / "bundle", before_commit=None)
     artworks = json.loads((tmp_path / "bundle" / "artworks.json").read_text(encoding="utf-8"))
+    assert artworks[0].pop("rendition").startswith("renditions/")
     assert artworks == [{"object_id": "smvs-001", "image": ref("001"), "width": 475, "height": 298,
                          "metadata": {"title": "Café – Œuvre"}}]
 

@@ -230,9 +230,37 @@ def test_reload_refuses_a_corrupted_bundle_and_keeps_serving(client, bundle_copy
                        headers={"Content-Type": "image/jpeg"}).json()["status"] == "match"
     ok = client.post("/v1/index/reload", headers=ADMIN)
     assert ok.status_code == 200 and ok.json()["bundle_version"] == before["bundle_version"]
+    assert ok.json()["index"] == before["index"] and "/" not in ok.json()["index"]  # the bundle's name, no path
 
 
 # -- operations -------------------------------------------------------------------------------------------------
+def test_ready_names_bundle_and_execution_provider_and_no_path(client, bundle_copy):
+    from artlens.embedder import gpu_usable
+
+    r = client.get("/ready")
+    ready = r.json()
+    assert ready["index"] == bundle_copy.name and ready["bundle_version"] >= 1
+    assert len(ready["bundle_id"]) == 16 and int(ready["bundle_id"], 16) >= 0 and ready["bundle_updated"]
+    assert ready["execution_provider"] == ("CUDAExecutionProvider" if gpu_usable() else "CPUExecutionProvider")
+    # No file system path: neither the bundle's directory nor any absolute path anywhere in the answer.
+    assert str(bundle_copy.parent) not in r.text and str(bundle_copy.parent.parent) not in r.text
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    assert not [s for s in strings(ready) if s.startswith(("/", "~")) or "\\" in s]
+
+
+def test_a_model_from_a_local_directory_is_named_without_its_path():
+    from artlens.server.schemas import public_model_id
+
+    assert public_model_id("/srv/artlens/models/dinov2-small") == "dinov2-small"
+    assert public_model_id("C:\\models\\dinov2-small\\") == "dinov2-small"
+    assert public_model_id("facebook/dinov2-small") == "facebook/dinov2-small"  # a hub id is no path
+
+
 def test_health_ready_metrics_schema(client):
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()

@@ -20,8 +20,13 @@ ADMIN = {"X-API-Key": API_KEY}
 
 
 @pytest.fixture(scope="module")
-def client(segment_bundle, tmp_path_factory):
-    with client_for(copy_bundle(segment_bundle, tmp_path_factory.mktemp("server-segments"))) as c:
+def served_bundle(segment_bundle, tmp_path_factory):
+    return copy_bundle(segment_bundle, tmp_path_factory.mktemp("server-segments"))
+
+
+@pytest.fixture(scope="module")
+def client(served_bundle):
+    with client_for(served_bundle) as c:
         yield c
 
 
@@ -65,13 +70,12 @@ def test_admin_add_on_a_segment_bundle_says_it_has_no_segments(client):
     assert gone.status_code == 200 and gone.json()["segments_removed"] == 0, gone.text
 
 
-def test_admin_delete_on_a_segment_bundle(client):
+def test_admin_delete_on_a_segment_bundle(client, served_bundle):
     from artlens.indexing.bundle import load_bundle
 
     before = {n: client.get(f"/v1/artworks/smvs-{n}/segments").json()["segments"] for n in ("001", "005", "019")}
     assert all(before.values())
-    path = client.get("/ready").json()["index"]
-    old = load_bundle(path)
+    old = load_bundle(served_bundle)
     version, count = old.meta["version"], len(old.segments)
 
     # smvs-005 is row 1: every later artwork's segments move down a row.
@@ -90,7 +94,7 @@ def test_admin_delete_on_a_segment_bundle(client):
         assert client.get(f"/v1/artworks/smvs-{n}/segments").json()["segments"] == before[n]
 
     # On disk: a consistent, checksummed new version, every segment pointing at its own artwork's row.
-    new = load_bundle(path)
+    new = load_bundle(served_bundle)
     store = new.segments
     assert new.meta["version"] == version + 1 and len(store) == count - len(before["005"])
     assert new.meta["segments"]["count"] == len(store) == store.index.ntotal == store.local_index.ntotal

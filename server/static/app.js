@@ -23,8 +23,23 @@ function setStatus(text, isError = false) {
   s.classList.toggle("error", isError);
 }
 
-async function api(path, options) {
-  const resp = await fetch(path, options);
+// A random id kept per browser: visitors sharing one address (a museum's Wi-Fi) are rate-limited each on their own.
+const DEVICE_ID = (() => {
+  try {
+    let id = localStorage.getItem("artlens-device-id");
+    if (!id) {
+      id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+      localStorage.setItem("artlens-device-id", id);
+    }
+    return id;
+  } catch (err) {
+    return null;  // storage disabled: the server counts this browser with the address's anonymous requests
+  }
+})();
+
+async function api(path, options = {}) {
+  const headers = DEVICE_ID ? { ...options.headers, "X-Device-Id": DEVICE_ID } : options.headers;
+  const resp = await fetch(path, { ...options, headers });
   const body = await resp.json().catch(() => null);
   if (!resp.ok) throw new Error(body && body.message ? `${body.message} (${body.code})` : `HTTP ${resp.status}`);
   return body;

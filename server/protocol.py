@@ -1,0 +1,152 @@
+"""How ``artlens serve`` runs uvicorn: :func:`uvicorn_config`, and an h11 protocol with the limits h11 lacks.
+
+h11 has no timeout while it reads a request head and uvicorn's keep-alive timer stops at the first byte, so a
+client that sends half a head holds its connection for ever: :class:`EdgeH11Protocol` gives every head
+``header_timeout_s`` (408, or a plain close when nothing came). It caps open connections (``max_connections``:
+past it a request is answered 503 ``overloaded``; past twice that a connection is closed unread) and answers
+what h11 refuses — a head over its buffer limit (414/431), a malformed request (400) — with the service's JSON
+error where uvicorn would write plain text. The buffer limit (``h11_max_incomplete_event_size``) is set a little
+above ``max_url_bytes + max_header_bytes``, so those two limits normally answer first, from the ASGI side
+(:mod:`edge`), with exact sizes; this is the hard outer bound on what one connection may buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .edge import error_body, send_error
+from .requestlog import new_request_id
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.types import Receive, Scope, Send
+
+    from .metrics import Metrics
+    from .settings import Settings
+
+HEAD_SLACK_BYTES = 4096  # request line and header framing beyond the two limits
+LINGER_S = 2.0  # after an early error answer, keep reading (and dropping) so the client sees it, not a reset
+access_log = logging.getLogger("artlens.access")
+
+
+class EdgeH11Protocol(H11Protocol):
+    settings: Settings  # set on the subclass that uvicorn_config makes
+    metrics: Metrics | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.service_app = self.app
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+
+    # -- connections ----------------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > 2 * self.settings.max_connections:
+            self._record("other", 503, "overloaded")
+            transport.close()
+            return
+        self._watch_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # an error was answered: what else comes is dropped until the close
+        # The app is chosen when a request head is complete: past the cap, the JSON 503 instead of the service.
+        self.app = self._overloaded if len(self.connections) > self.settings.max_connections else self.service_app
+        super().data_received(data)
+        self._watch_head()
+
+    async def _overloaded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = new_request_id()
+        self._record(scope["method"], 503, "overloaded", rid)
+        await send_error(send, "overloaded", "the server has too many open connections; retry in 1 s", 503,
+                         {"Retry-After": "1", "Connection": "close"}, request_id=rid)
+
+    # -- request heads --------------------------------------------------------------------------------------------
+    def _watch_head(self) -> None:
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing() and not self.lingering
+        if waiting and self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.settings.header_timeout_s, self._head_timed_out)
+        elif not waiting:
+            self._stop_head_timer()
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.trailing_data[0]:
+            self._answer(408, "request_timeout",
+                         f"the request head did not arrive within {self.settings.header_timeout_s:g} s")
+        else:
+            self.transport.close()  # nothing was asked: nothing to answer
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 refused the request: a head over the buffer limit, or not HTTP/1.1 as it must be."""
+        buffered = self.conn.trailing_data[0]
+        limit = self.settings.max_url_bytes + self.settings.max_header_bytes + HEAD_SLACK_BYTES
+        if len(buffered) > limit:
+            line_end = buffered.find(b"\r\n")
+            if line_end < 0 or line_end > self.settings.max_url_bytes:
+                self._answer(414, "uri_too_long", f"the request line is over {self.settings.max_url_bytes} bytes")
+            else:
+                self._answer(431, "headers_too_large",
+                             f"the request headers are over {self.settings.max_header_bytes} bytes")
+        else:
+            self._answer(400, "invalid_request", "malformed HTTP/1.1 request")
+
+    # -- answers written here (outside any ASGI cycle) ------------------------------------------------------------
+    def _answer(self, status: int, code: str, message: str) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            if self.cycle.response_started:  # mid-answer: nothing sensible can follow on this connection
+                self.transport.close()
+                return
+            self.cycle.disconnected = True  # the app, waiting for a body, sees a client gone and writes nothing
+            self.cycle.message_event.set()
+        rid = new_request_id()
+        body = error_body(code, message, status, rid)
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {rid}\r\n\r\n")
+        self._record("other", status, code, rid)
+        self.transport.write(head.encode() + body)
+        self.lingering = True
+        self._stop_head_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+        self.flow.resume_reading()
+
+    def _record(self, method: str, status: int, code: str, rid: str | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_request(method, "unmatched", status, 0.0)
+        client = self.client[0] if self.client else "?"
+        access_log.info("%s %d", code, status, extra={"request_id": rid, "fields": {
+            "method": method, "route": "unmatched", "status": status, "code": code, "client": client}})
+
+
+def uvicorn_config(app: Litestar, **overrides: Any) -> uvicorn.Config:
+    """What ``artlens serve`` runs: our h11 protocol, its limits and timeouts from the app's settings, no proxy
+    headers believed by uvicorn (the rate limiter decides whom to trust: ``ARTLENS_TRUSTED_PROXIES``)."""
+    settings: Settings = app.state.settings
+    protocol = type("ArtlensH11Protocol", (EdgeH11Protocol,), {"settings": settings, "metrics": app.state.metrics})
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "http": protocol, "ws": "none", "lifespan": "on",
+        "proxy_headers": False, "server_header": False, "log_config": None, "access_log": False,
+        "timeout_keep_alive": settings.keep_alive_s, "timeout_graceful_shutdown": 30,
+        "h11_max_incomplete_event_size": settings.max_url_bytes + settings.max_header_bytes + HEAD_SLACK_BYTES}
+    return uvicorn.Config(app, **{**options, **overrides})
