@@ -59,6 +59,9 @@ def evaluate_photos(recognizer: Recognizer, photos: list[LabelledPhoto], *, top_
             "shortlist_rank": min(ranks) if ranks else None,
             "top_inliers": ranked[0].inliers if ranked else 0,
             "expected_inliers": max(right) if right else None,
+            # The evidence of each expected artwork that was verified (regression gates check it, not only answers).
+            "evidence": {c.object_id: {"inliers": c.inliers, "confidence": c.confidence}
+                         for c in ranked if c.object_id in expected},
             "timings_ms": result.timings_ms,
         })
         totals.append(result.timings_ms["total"])

@@ -1,0 +1,124 @@
+"""Regression gates on real labelled photos that do not flip on one photo crossing a threshold.
+
+A gate evaluates a real set on a bundle built from its collection and compares the result with a committed baseline
+(eval/baselines/*.json). Floating-point differences between CPUs, BLAS kernels and thread counts leave the
+verifier's inliers on real photos unchanged but move the calibration fitted on simulated photos (the inlier count
+where confidence reaches the threshold) by up to about 5 %, so an answer that sits at the threshold is answered on
+one machine and not on another. The gates therefore check what is stable:
+
+1. **No wrong answers**: false-positive rate, answer precision and precision@1 within the baseline's margins (wrong
+   candidates sit far below the threshold: ≤ 10 inliers, confidence < 0.1, on every configuration measured).
+2. **Clear answers stay answered**: every expected answer whose baseline confidence is at least ``clear_margin``
+   above the threshold must still be answered. Answers inside that band are listed, not gated one by one.
+3. **Evidence does not weaken**: each expected answer keeps ``baseline × (1 − inlier_rel) − inlier_abs`` inliers,
+   and all of them together ``baseline × (1 − total_rel)``.
+4. **The calibration stays put**: the inlier count where confidence reaches the threshold stays within
+   ``threshold_inliers_rel`` of the baseline's.
+
+Each baseline records the variation measured across configurations (``python -m artlens.eval.gate_variation``
+reproduces it); the tolerances derived from it are passed to :func:`check` by the gate tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from artlens.indexing.build import build_bundle
+from artlens.recognition.calibrate import calibrate_bundle
+from artlens.recognition.recognizer import Recognizer
+
+from .evaluate import evaluate
+
+METRICS = ("precision_at_1", "recall", "false_positive_rate", "object_recall", "answer_precision")
+# Metric → the direction that is worse (+1: higher is worse).
+WORSE = {"false_positive_rate": 1, "answer_precision": -1, "precision_at_1": -1}
+
+
+def threshold_inliers(recognizer: Recognizer) -> float | None:
+    """Inliers at which a log-inliers-only calibration (random-init models) reaches its threshold."""
+    cal = recognizer.calibration
+    if cal is None or tuple(cal.features) != ("log_inliers",):
+        return None
+    p = min(max(cal.threshold, 1e-9), 1 - 1e-9)
+    log_inliers = (math.log(p / (1 - p)) - cal.bias) / cal.weights[0] * cal.scale[0] + cal.mean[0]
+    return round(math.exp(log_inliers) - 1.0, 3)
+
+
+def build_gate_bundle(model: Path, collection: Path, out: Path, synthetic_photos: int) -> Path:
+    build_bundle(model, collection, out,
+                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": synthetic_photos}))
+    return out
+
+
+def gate_result(recognizer: Recognizer, queries: Path) -> dict:
+    """The evaluation plus each (photo, expected artwork) pair's evidence."""
+    report = evaluate(recognizer, queries)
+    answers = []
+    for detail in report["details"]:
+        for object_id in detail.get("expected", []):
+            found = detail.get("evidence", {}).get(object_id)
+            answers.append({"image": Path(detail["image"]).name, "object_id": object_id,
+                            "inliers": found["inliers"] if found else 0,
+                            "confidence": found["confidence"] if found else 0.0,
+                            "answered": object_id in detail.get("answers", [])})
+    wrong = [(d["top_inliers"], d["top_confidence"]) for d in report["details"]
+             if "error" not in d and d["top_ranked"] not in d["expected"]]
+    return {"metrics": {k: report[k] for k in METRICS}, "threshold": report["threshold"],
+            "threshold_inliers": threshold_inliers(recognizer), "answers": answers,
+            "strongest_wrong": max(wrong, default=(0, 0.0)), "n_errors": report["n_errors"],
+            "top_k": report["top_k"], "model": report["model"]}
+
+
+def check(current: dict, baseline: dict, tol: dict) -> list[str]:
+    """Every way ``current`` falls short of ``baseline`` by more than the tolerances; empty when the gate passes."""
+    failures = []
+    for key, worse in WORSE.items():
+        then, now = baseline["metrics"].get(key), current["metrics"][key]
+        if then is None or math.isnan(then):
+            continue
+        limit = then + worse * tol["metrics"][key]
+        if (now - limit) * worse > 1e-9:
+            failures.append(f"{key} {now} is past {limit:.4f} (baseline {then})")
+    now_by_key = {(a["image"], a["object_id"]): a for a in current["answers"]}
+    total_then = total_now = 0
+    for then in baseline["answers"]:
+        key = (then["image"], then["object_id"])
+        now = now_by_key.get(key)
+        if now is None:
+            failures.append(f"{key}: the expected answer is missing from the evaluation")
+            continue
+        if then["answered"] and then["confidence"] >= baseline["threshold"] + tol["clear_margin"] \
+                and not now["answered"]:
+            failures.append(f"{key}: clearly answered in the baseline (confidence {then['confidence']}, "
+                            f"{then['inliers']} inliers), not now (confidence {now['confidence']}, "
+                            f"{now['inliers']} inliers)")
+        floor = then["inliers"] * (1 - tol["inlier_rel"]) - tol["inlier_abs"]
+        if now["inliers"] < floor:
+            failures.append(f"{key}: {now['inliers']} inliers, below {floor:.1f} (baseline {then['inliers']})")
+        total_then += then["inliers"]
+        total_now += now["inliers"]
+    if total_now < total_then * (1 - tol["total_rel"]):
+        failures.append(f"the expected answers' inliers total {total_now}, below {total_then} × "
+                        f"(1 − {tol['total_rel']})")
+    then_at, now_at = baseline.get("threshold_inliers"), current.get("threshold_inliers")
+    if then_at is not None and now_at is not None and abs(now_at - then_at) > tol["threshold_inliers_rel"] * then_at:
+        failures.append(f"calibration: confidence reaches the threshold at {now_at} inliers, more than "
+                        f"{tol['threshold_inliers_rel']:.0%} from the baseline's {then_at}")
+    return failures
+
+
+def near_threshold(result: dict, band: float) -> list[dict]:
+    """Expected answers whose confidence lies within ``band`` of the threshold: listed, not gated."""
+    return [a for a in result["answers"] if abs(a["confidence"] - result["threshold"]) < band]
+
+
+def write_baseline(path: Path, result: dict) -> None:
+    """A new baseline from ``result``; the measured variation recorded in the old one is kept."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({
+        "metrics": result["metrics"], "threshold": result["threshold"],
+        "threshold_inliers": result["threshold_inliers"], "strongest_wrong": result["strongest_wrong"],
+        "top_k": result["top_k"], "model": result["model"]["id"], "variation": old.get("variation", {}),
+        "answers": result["answers"]}, indent=1) + "\n")
