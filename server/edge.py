@@ -103,6 +103,10 @@ def body_reader(receive: Receive, settings: Settings) -> Receive:
     return receive_body
 
 
+# What the OpenAPI router serves under /schema/ (Swagger UI at /schema, the document, Swagger's OAuth2 redirect).
+SCHEMA_PATHS = {"/schema/", "/schema/openapi.json", "/schema/oauth2-redirect.html"}
+
+
 def edge_middleware(app: ASGIApp, settings: Settings, cors: CORSConfig | None) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,6 +119,10 @@ def edge_middleware(app: ASGIApp, settings: Settings, cors: CORSConfig | None) -
         if "\x00" in scope["path"] and scope["path"].startswith("/static/"):
             # No file name holds a NUL byte (the file system call would fail): nothing to look up.
             await send_error(send, "not_found", "no such static file", 404)
+            return
+        if scope["path"].startswith("/schema/") and scope["path"] not in SCHEMA_PATHS:
+            # Litestar answers unknown documentation pages with an HTML 404 of its own.
+            await send_error(send, "not_found", "no such documentation page (the API is described at /schema)", 404)
             return
         refused = cors_refusal(scope, cors)
         if refused is not None:

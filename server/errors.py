@@ -127,4 +127,12 @@ def internal_error(request: Request, exc: Exception) -> Response:
     return _body("internal_error", "internal server error; the request id identifies it in the logs", 500)
 
 
-EXCEPTION_HANDLERS = {ArtlensError: artlens_error, HTTPException: http_error, Exception: internal_error}
+def too_deep(request: Request, exc: RecursionError) -> Response:
+    # JSON nested thousands deep exhausts the decoder's recursion (msgspec raises RecursionError, not a decode
+    # error); our own code does not recurse on input, so this is the client's body. Logged in case it is not.
+    log.warning("request body nested too deeply on %s %s", request.method, request.url.path, exc_info=exc)
+    return _body("invalid_request", "the request body is nested too deeply to decode", 400)
+
+
+EXCEPTION_HANDLERS = {ArtlensError: artlens_error, HTTPException: http_error, RecursionError: too_deep,
+                      Exception: internal_error}

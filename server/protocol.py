@@ -8,6 +8,10 @@ what h11 refuses — a head over its buffer limit (414/431), a malformed request
 error where uvicorn would write plain text. The buffer limit (``h11_max_incomplete_event_size``) is set a little
 above ``max_url_bytes + max_header_bytes``, so those two limits normally answer first, from the ASGI side
 (:mod:`edge`), with exact sizes; this is the hard outer bound on what one connection may buffer.
+
+A body left unread by an answer that came first must still end within ``body_timeout_s`` of silence and
+``body_deadline_s`` in all, or the connection closes (uvicorn drops such a body but times nothing); a request
+framed both by Content-Length and chunked is answered with ``Connection: close`` (RFC 9112 6.1).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class EdgeH11Protocol(H11Protocol):
         self.service_app = self.app
         self.head_timer: asyncio.TimerHandle | None = None
         self.lingering = False
+        self.unread_timer: asyncio.TimerHandle | None = None
+        self.timed_cycle: object = None  # the request whose body deadline runs
+        self.body_deadline = 0.0
 
     # -- connections ----------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -57,15 +64,44 @@ class EdgeH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_unread_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return  # an error was answered: what else comes is dropped until the close
         # The app is chosen when a request head is complete: past the cap, the JSON 503 instead of the service.
-        self.app = self._overloaded if len(self.connections) > self.settings.max_connections else self.service_app
+        self.app = self._overloaded if len(self.connections) > self.settings.max_connections else self._serve
+        draining = self.unread_timer is not None
         super().data_received(data)
+        self._watch_unread_body()
+        if draining and self.unread_timer is None:
+            self._keep_alive_after_drain()
         self._watch_head()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not self.timed_cycle:  # a new request head: its body's deadline starts now
+            self.timed_cycle = self.cycle
+            self.body_deadline = self.loop.time() + self.settings.body_deadline_s
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch_unread_body()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        names = {name for name, _ in scope["headers"]}
+        if b"transfer-encoding" not in names or b"content-length" not in names:
+            await self.service_app(scope, receive, send)
+            return
+
+        async def send_closing(message: Any) -> None:  # two framings: whatever follows on this connection is suspect
+            headers = list(message.get("headers", [])) if message["type"] == "http.response.start" else None
+            if headers is not None and not any(name.lower() == b"connection" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.service_app(scope, receive, send_closing)
 
     async def _overloaded(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = new_request_id()
@@ -95,6 +131,36 @@ class EdgeH11Protocol(H11Protocol):
                          f"the request head did not arrive within {self.settings.header_timeout_s:g} s")
         else:
             self.transport.close()  # nothing was asked: nothing to answer
+
+    # -- bodies left unread by an early answer ------------------------------------------------------------------
+    def _watch_unread_body(self) -> None:
+        """While the answer is complete but the body still arriving (dropped by uvicorn), each piece must come
+        within ``body_timeout_s`` and the whole body within ``body_deadline_s`` of its head, or the connection
+        closes: uvicorn's keep-alive timer stops at the first byte and is set again only by the next answer."""
+        self._stop_unread_timer()
+        unread = self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY
+        if unread and not self.transport.is_closing() and not self.lingering:
+            wait = min(self.settings.body_timeout_s, self.body_deadline - self.loop.time())
+            self.unread_timer = self.loop.call_later(max(0.0, wait), self._unread_body_timed_out)
+
+    def _stop_unread_timer(self) -> None:
+        if self.unread_timer is not None:
+            self.unread_timer.cancel()
+            self.unread_timer = None
+
+    def _unread_body_timed_out(self) -> None:
+        self.unread_timer = None
+        if not self.transport.is_closing():  # the answer is out: nothing more to say, only to close
+            self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+    def _keep_alive_after_drain(self) -> None:
+        """The unread body has ended with nothing after it: idle again, under the keep-alive timer."""
+        idle = self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE
+        if idle and not self.conn.trailing_data[0] and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            handler = self.timeout_keep_alive_handler
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, handler)
 
     def send_400_response(self, msg: str) -> None:
         """h11 refused the request: a head over the buffer limit, or not HTTP/1.1 as it must be."""

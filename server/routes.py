@@ -110,9 +110,14 @@ async def _read_form(request: Request, too_many_parts: ServiceError):
     try:
         return await request.form()
     except ClientException as exc:
-        if exc.status_code == 400 and exc.detail == PART_LIMIT_DETAIL:
+        if exc.status_code != 400 or exc.detail != PART_LIMIT_DETAIL:
+            raise
+        # Litestar says the same for every limit of the multipart parser; the parser's own error, kept as the
+        # context, tells too many parts from a part whose headers are too long.
+        if "count exceeded" in str(exc.__context__) and "header" not in str(exc.__context__):
             raise too_many_parts from None
-        raise
+        raise ServiceError("invalid_request", "a part of the multipart body is too large to parse (its headers"
+                           " are too long or too many)", 400) from None
 
 
 async def _read_frames(request: Request, max_frames: int) -> list[bytes]:

@@ -75,7 +75,8 @@ class IndexState:
     def row(self, object_id: str) -> int:
         row = self.rows.get(object_id)
         if row is None:
-            raise ServiceError("artwork_not_found", f"no artwork with id {object_id!r} in this index", 404)
+            shown = object_id if len(object_id) <= 80 else object_id[:80] + "…"
+            raise ServiceError("artwork_not_found", f"no artwork with id {shown!r} in this index", 404)
         return row
 
 

@@ -170,3 +170,23 @@ def metric_statuses(text: str) -> set[str]:
         if line.startswith("artlens_http_request_duration_seconds_count{"):
             found.add(line.split('status="')[1].split('"')[0])
     return found
+
+
+def seconds_until_closed(sock: socket.socket, limit: float, drip_every: float | None = None) -> float | None:
+    """Seconds until the server closes ``sock`` (None if still open after ``limit``); with ``drip_every``, a byte
+    is sent that often meanwhile (a body that never ends)."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < limit:
+        if select.select([sock], [], [], min(drip_every or limit, limit - elapsed))[0]:
+            try:
+                if sock.recv(65536):
+                    continue  # nothing should come after a complete answer, but it is not a close either
+            except ConnectionResetError:
+                pass
+            return time.monotonic() - started
+        if drip_every:
+            try:
+                sock.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - started
+    return None

@@ -28,6 +28,7 @@ from .hostilekit import (
     raw,
     read_answer,
     request_bytes,
+    seconds_until_closed,
 )
 from .serverkit import API_KEY, ServedApp, copy_bundle
 
@@ -35,7 +36,7 @@ pytestmark = needs_shared
 ADMIN = {"X-API-Key": API_KEY}
 NOT_AN_IMAGE = {"content": b"hello " * 20, "headers": {"Content-Type": "image/jpeg"}}
 GROUPS = {"main", "raw", "reload", "pixels", "renditions", "rate", "nat", "xff", "proxy", "device", "admin-throttle",
-          "no-proxy", "slowloris", "cap", "abort"}
+          "no-proxy", "slowloris", "cap", "abort", "unread-body"}
 
 
 def _serve(bundle, **settings):
@@ -307,6 +308,54 @@ def test_client_aborts_are_499_not_500(edge, caplog):
     logged = [getattr(r, "fields", {}) for r in caplog.records if r.name == "artlens.access"]
     assert any(f.get("status") == 499 and f.get("code") == "client_closed" for f in logged), logged
     assert not any(f.get("route") == "/v1/recognize" and f.get("status", 0) >= 500 for f in logged), logged
+
+
+def _answered_then_held(port: int, head: bytes, status: int, drip_every: float | None) -> float | None:
+    """A request answered before its body came, then one byte of the body (or a byte every ``drip_every`` s)
+    and nothing more: seconds until the server closes the connection, None if it held it for 20 s."""
+    count_request()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head)
+        check(read_answer(sock, 10), status, None, head.split(b"\r\n")[0].decode())
+        sock.sendall(b"a")
+        return seconds_until_closed(sock, 20.0, drip_every)
+
+
+def test_an_unread_body_cannot_hold_a_connection_open(edge):
+    GROUPS_RUN.add("unread-body")
+    unread = {  # answered without reading a body that claims 10 bytes
+        "200": (b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n", 200),
+        "415": (b"POST /v1/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n",
+                415),
+        "401": (b"DELETE /v1/artworks/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n", 401),
+        "405": (b"PUT /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n", 405),
+    }
+    probes = {f"{name}, then silence": (head, status, None) for name, (head, status) in unread.items()}
+    probes["200, then a byte every 0.4 s"] = (*unread["200"], 0.4)  # each in time (1 s); the whole is not (3 s)
+    with ThreadPoolExecutor(len(probes)) as pool:
+        futures = {name: pool.submit(_answered_then_held, edge.port, *probe) for name, probe in probes.items()}
+        held = {name: future.result() for name, future in futures.items()}
+    assert all(seconds is not None and seconds < 12 for seconds in held.values()), held
+
+    with socket.create_connection(("127.0.0.1", edge.port)) as sock:  # a body that does end keeps the connection
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcde")
+        check(read_answer(sock, 10), 200, None, "half the body sent")
+        sock.sendall(b"fghij")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(read_answer(sock, 10), 200, None, "the next request on the same connection")
+        count_request()
+
+
+def test_content_length_with_chunked_is_answered_then_closed(edge):
+    GROUPS_RUN.add("unread-body")
+    count_request()
+    with socket.create_connection(("127.0.0.1", edge.port)) as sock:  # request smuggling's usual disguise
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"0\r\n\r\n")
+        answer = check(read_answer(sock, 10), 200, None, "Content-Length and chunked")
+        assert answer.headers.get("connection") == "close", answer.headers
+        closed = seconds_until_closed(sock, 20.0)
+    assert closed is not None and closed < 4, closed  # not the keep-alive timer's 5 s
 
 
 # -- afterwards -------------------------------------------------------------------------------------------------
