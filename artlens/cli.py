@@ -666,7 +666,7 @@ def serve(
             raise typer.BadParameter("pass --index BUNDLE (or set ARTLENS_INDEX)")
         meta = read_meta(Path(settings.index))  # a wrong path fails here as one line, before the server starts
         _warn_if_random(meta["model"]["pretrained"])
-        application = create_app(settings)
+        application = create_app(settings, preload=True)
     # One process: the model and index are held once; concurrency comes from the inference thread pool.
     # Connection cap, timeouts and head limits: server/protocol.py (ARTLENS_* settings).
     server = uvicorn.Server(uvicorn_config(application))

@@ -33,15 +33,18 @@ def _provider(name: str) -> Provide:
     return Provide(provide, sync_to_thread=False)
 
 
-def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Litestar:
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True, preload: bool = False) -> Litestar:
+    """``preload``: load the bundle and model now rather than in the lifespan, so that a bundle or model that
+    cannot be served is an error of this call (one line from `artlens serve`, not a failed lifespan's traceback)."""
     settings = settings or load_settings()
     if configure_logs:
         configure_logging(settings.log_level, settings.log_json)
     metrics = Metrics()
+    preloaded = IndexHolder(settings, metrics) if preload else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        holder = IndexHolder(settings, metrics)  # bundle + model: loaded once, shared by every request
+        holder = preloaded or IndexHolder(settings, metrics)  # bundle + model: loaded once, shared by every request
         recognition = RecognitionService(holder, settings, metrics)
         app.state.update(holder=holder, recognition=recognition, catalogue=CatalogueService(holder, settings))
         try:

@@ -128,6 +128,21 @@ def edge_middleware(app: ASGIApp, settings: Settings, cors: CORSConfig | None) -
         if refused is not None:
             await send_error(send, "cors_forbidden", f"CORS preflight refused: {refused}", 403)
             return
-        await app(scope, body_reader(receive, settings), send)
+        await app(scope, body_reader(receive, settings), send if cors is None else vary_origin(send))
 
     return middleware
+
+
+def vary_origin(send: Send) -> Send:
+    """With CORS on, every answer depends on the Origin header (the allow headers come only for allowed
+    origins): say so on every response, or a shared cache may hand one origin's answer to another."""
+
+    async def send_with_vary(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(k.lower() == b"vary" and b"origin" in v.lower() for k, v in headers):
+                headers.append((b"vary", b"Origin"))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_vary

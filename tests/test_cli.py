@@ -289,3 +289,14 @@ def test_index_build_of_a_single_artwork_explains_why_it_cannot_calibrate(tiny_m
                "--no-calibrate").exit_code == 0
     refused = run("recognize", "--index", out, SMVS / "query" / "001.jpg")
     assert refused.exit_code == 2 and "calibrate" in refused.stderr and "Traceback" not in refused.output
+
+
+def test_serve_with_a_bundle_it_cannot_serve_is_one_line_not_a_traceback(tiny_model, smvs_collection, tmp_path):
+    from artlens.indexing.build import build_bundle
+
+    bundle = tmp_path / "uncalibrated"
+    build_bundle(tiny_model, smvs_collection, bundle, before_commit=None)
+    # An unusable host: were the bundle loaded after all, the server fails to bind instead of serving forever.
+    result = run("serve", "--index", bundle, "--host", "256.0.0.1", "--port", "1")
+    assert result.exit_code == 2, result.output
+    assert "no calibration" in result.output and "Traceback" not in result.output

@@ -42,3 +42,12 @@ def test_an_over_long_unknown_id_is_not_echoed_whole(client):
     r = client.get("/v1/artworks/" + "x" * 8000)
     assert r.status_code == 404 and r.json()["code"] == "artwork_not_found"
     assert len(r.json()["message"]) < 200
+
+
+def test_with_cors_on_every_answer_varies_on_origin(smvs_bundle):
+    with client_for(smvs_bundle, cors_origins=["https://museum.example"]) as cors_client:
+        for origin in (None, "https://museum.example", "https://elsewhere.example"):
+            headers = {"Origin": origin} if origin else {}
+            for path in ("/v1/artworks/smvs-001", "/v1/artworks?limit=2", "/v1/artworks/nope"):
+                r = cors_client.get(path, headers=headers)
+                assert "origin" in r.headers.get("vary", "").lower(), (path, origin, r.headers)
