@@ -118,9 +118,13 @@ class EdgeH11Protocol(H11Protocol):
             self._stop_head_timer()
 
     def _stop_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self._cancel("head_timer")
+
+    def _cancel(self, timer_name: str) -> None:
+        timer = getattr(self, timer_name)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, timer_name, None)
 
     def _head_timed_out(self) -> None:
         self.head_timer = None
@@ -144,9 +148,7 @@ class EdgeH11Protocol(H11Protocol):
             self.unread_timer = self.loop.call_later(max(0.0, wait), self._unread_body_timed_out)
 
     def _stop_unread_timer(self) -> None:
-        if self.unread_timer is not None:
-            self.unread_timer.cancel()
-            self.unread_timer = None
+        self._cancel("unread_timer")
 
     def _unread_body_timed_out(self) -> None:
         self.unread_timer = None
