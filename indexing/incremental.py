@@ -98,7 +98,7 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     sha = hashlib.sha256(image).hexdigest()
     stored = f"{IMAGE_DIR}/{sha[:32]}.{extension}"
     jpeg = renditions.make_rendition(image, name=f"image of {object_id!r}")
-    rendition = f"{renditions.RENDITION_DIR}/{hashlib.sha256(jpeg).hexdigest()[:32]}.jpg"
+    rendition = renditions.rendition_name(jpeg)
     width, height = decoded.original_size
     artworks = [*bundle.artworks, {"object_id": object_id, "image": stored, "stored_image": stored,
                                    "rendition": rendition, "width": width, "height": height,
@@ -145,7 +145,7 @@ def add_renditions(bundle: Bundle) -> tuple[Bundle, list[tuple[str, str]]]:
             failed.append((art["object_id"], str(exc)))
             artworks.append(art)
             continue
-        rel = f"{renditions.RENDITION_DIR}/{hashlib.sha256(jpeg).hexdigest()[:32]}.jpg"
+        rel = renditions.rendition_name(jpeg)
         staged[rel] = jpeg
         artworks.append({**art, "rendition": rel})
     if not staged:

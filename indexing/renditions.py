@@ -42,9 +42,14 @@ def make_rendition(data: bytes, *, name: str) -> bytes:
     return encode_jpeg(load_image(data, name=name, max_side=RENDITION_SIDE).rgb)
 
 
+def rendition_name(jpeg: bytes) -> str:
+    """Where a rendition lives in the bundle: named by its content."""
+    return f"{RENDITION_DIR}/{hashlib.sha256(jpeg).hexdigest()[:32]}.jpg"
+
+
 def write_rendition(directory: Path, jpeg: bytes) -> str:
     """Write ``jpeg`` under ``directory/renditions/`` by content; returns its path relative to the bundle."""
-    rel = f"{RENDITION_DIR}/{hashlib.sha256(jpeg).hexdigest()[:32]}.jpg"
+    rel = rendition_name(jpeg)
     (directory / RENDITION_DIR).mkdir(parents=True, exist_ok=True)
     (directory / rel).write_bytes(jpeg)
     return rel

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from artlens.errors import ArtlensError, BundleError, ModelError
 
-from .requestlog import current_request_id
+from .requestlog import current_request_id, new_request_id
 from .schemas import ErrorBody
 
 log = logging.getLogger("artlens.server")
@@ -75,7 +74,7 @@ def _body(code: str, message: str, status: int, headers: dict[str, str] | None =
     request_id = current_request_id()
     headers = dict(headers or {})
     if request_id is None:
-        request_id = uuid.uuid4().hex[:16]
+        request_id = new_request_id()
         headers["X-Request-ID"] = request_id
     return Response(ErrorBody(code=code, message=message, status=status, request_id=request_id),
                     status_code=status, headers=headers, media_type="application/json")

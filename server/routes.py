@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -39,7 +37,6 @@ from .settings import Settings
 STATIC = Path(__file__).parent / "static"
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 PUBLIC = {"rate_limited": True}
-INTERNAL = {"skip_rate_limit": True}
 ADMIN_SECURITY = [{"ApiKey": []}]
 # Injected services (litestar dependencies named in app.py, loaded once in the lifespan).
 Holder = NamedDependency[IndexHolder]
@@ -255,7 +252,7 @@ ADDED_WITHOUT_SEGMENTS = ("this index has SAM segments but the added artwork was
                           " rebuilt with `artlens index build --segments`")
 
 
-@post("/v1/artworks", guards=[require_api_key], operation_class=AddArtworkOperation, status_code=201, opt=INTERNAL,
+@post("/v1/artworks", guards=[require_api_key], operation_class=AddArtworkOperation, status_code=201,
       tags=["admin"], summary="Add an artwork (indexed incrementally, persisted as a new bundle version)")
 async def add_artwork(request: Request, holder: Holder, recognition: Recognition,
                       settings: Config) -> schemas.AddedArtwork:
@@ -302,7 +299,7 @@ async def add_artwork(request: Request, holder: Holder, recognition: Recognition
                                 int(features.offsets[row + 1] - features.offsets[row]), segments, warnings)
 
 
-@delete("/v1/artworks/{object_id:str}", guards=[require_api_key], status_code=200, opt=INTERNAL, tags=["admin"],
+@delete("/v1/artworks/{object_id:str}", guards=[require_api_key], status_code=200, tags=["admin"],
         security=ADMIN_SECURITY)
 async def delete_artwork(holder: Holder, recognition: Recognition,
                          object_id: FromPath[str]) -> schemas.DeletedArtwork:
@@ -310,7 +307,7 @@ async def delete_artwork(holder: Holder, recognition: Recognition,
     return schemas.DeletedArtwork(object_id, state.version, segments_removed)
 
 
-@post("/v1/index/reload", guards=[require_api_key], status_code=200, opt=INTERNAL, tags=["admin"],
+@post("/v1/index/reload", guards=[require_api_key], status_code=200, tags=["admin"],
       security=ADMIN_SECURITY,
       summary="Swap to a bundle (default: the current path, re-read); a bad bundle is refused, the old one serves")
 async def reload_index(holder: Holder, recognition: Recognition,
@@ -320,30 +317,29 @@ async def reload_index(holder: Holder, recognition: Recognition,
 
 
 # -- operations ---------------------------------------------------------------------------------------------------
-@get("/health", opt=INTERNAL, tags=["operations"], sync_to_thread=False, summary="Liveness")
+@get("/health", tags=["operations"], sync_to_thread=False, summary="Liveness")
 def health() -> schemas.Health:
     return schemas.Health("ok")
 
 
-@get("/ready", opt=INTERNAL, tags=["operations"], sync_to_thread=False,
+@get("/ready", tags=["operations"], sync_to_thread=False,
      summary="Readiness: model and index loaded, bundle version, pretrained flag")
 def ready(holder: Holder, recognition: Recognition, settings: Config) -> schemas.Ready:
     state = holder.state
     meta = state.bundle.meta
-    checksums = json.dumps(meta.get("checksums", {}), sort_keys=True).encode()
     return schemas.Ready(
-        "ready", state.bundle.path.name, state.version, hashlib.sha256(checksums).hexdigest()[:16],
+        "ready", state.bundle.path.name, state.version, state.bundle_id,
         str(meta.get("updated") or meta.get("created") or ""), len(state.rows), state.model_info(),
         state.recognizer.embedder.execution_provider, settings.micro_batching, recognition.pending)
 
 
-@get("/metrics", opt=INTERNAL, tags=["operations"], sync_to_thread=False, media_type=CONTENT_TYPE,
+@get("/metrics", tags=["operations"], sync_to_thread=False, media_type=CONTENT_TYPE,
      summary="Prometheus metrics")
 def metrics(request: Request) -> Response[bytes]:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-@get("/", opt=INTERNAL, include_in_schema=False, sync_to_thread=False)
+@get("/", include_in_schema=False, sync_to_thread=False)
 def web_page() -> File:
     return File(STATIC / "index.html", content_disposition_type="inline", media_type="text/html")
 

@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import functools
 import hashlib
+import json
 import logging
 import math
 import random
@@ -68,6 +69,12 @@ class IndexState:
     def shortlist(self) -> str:
         mode = self.recognizer.config["shortlist"]
         return ("fused" if self.recognizer.embedder.info.pretrained else "local") if mode == "auto" else mode
+
+    @functools.cached_property
+    def bundle_id(self) -> str:
+        """16 hex digits over the bundle's file checksums: differs whenever any of its data differs."""
+        checksums = json.dumps(self.bundle.meta.get("checksums", {}), sort_keys=True).encode()
+        return hashlib.sha256(checksums).hexdigest()[:16]
 
     def model_info(self) -> schemas.ModelInfo:
         return schemas.ModelInfo.from_summary(self.recognizer.model_summary, self.shortlist)
