@@ -90,6 +90,15 @@ def gpu_usable() -> bool:
     return requested_device() != "cpu" and cuda_problem() is None
 
 
+def ort_threads_setting() -> int:
+    """ARTLENS_ORT_THREADS: ONNX Runtime's intra-op threads (unset or 0: ONNX Runtime's default)."""
+    raw = os.environ.get("ARTLENS_ORT_THREADS", "").strip() or "0"
+    if not raw.isdigit():
+        raise ModelError(f"ARTLENS_ORT_THREADS={raw[:20]!r}: give a whole number of threads (0: ONNX Runtime's"
+                         " default)")
+    return int(raw)
+
+
 def library_versions(names: tuple[str, ...] = KEY_LIBRARIES) -> dict[str, str]:
     """Installed version of each named distribution; those not installed are left out."""
     versions = {}
@@ -154,7 +163,7 @@ class Embedder:
         # turning it off halved verify time on 2 cores (docs/benchmarks.md) without slowing the forward.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ARTLENS_ORT_THREADS caps ONNX Runtime's intra-op threads for a whole deployment (0: ORT's default).
-        threads = threads or int(os.environ.get("ARTLENS_ORT_THREADS", "0") or 0)
+        threads = threads or ort_threads_setting()
         if threads:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]

@@ -42,3 +42,18 @@ def test_serve_with_cuda_required_exits_saying_why(smvs_bundle, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert f"ARTLENS_DEVICE=cuda but CUDA is not usable: {cuda_problem()}" in done.stdout + done.stderr
+
+
+def test_ort_threads_setting_is_read_or_refused_clearly(monkeypatch):
+    import pytest
+
+    from artlens.embedder import ort_threads_setting
+    from artlens.errors import ModelError
+
+    monkeypatch.setenv("ARTLENS_ORT_THREADS", "1")
+    assert ort_threads_setting() == 1
+    monkeypatch.delenv("ARTLENS_ORT_THREADS")
+    assert ort_threads_setting() == 0
+    monkeypatch.setenv("ARTLENS_ORT_THREADS", "two")
+    with pytest.raises(ModelError, match="ARTLENS_ORT_THREADS='two'"):
+        ort_threads_setting()
