@@ -30,6 +30,7 @@ COPY artlens ./artlens
 COPY export ./export
 COPY indexing ./indexing
 COPY recognition ./recognition
+COPY calibration ./calibration
 COPY verification ./verification
 COPY server ./server
 COPY eval ./eval

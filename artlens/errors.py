@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 
 class ArtlensError(Exception):
@@ -50,6 +51,21 @@ class CollectionError(ArtlensError):
 
 
 class UnknownIdError(ArtlensError):
-    """An object id or segment id that the bundle does not hold."""
+    """A segment id that the bundle does not hold."""
 
     code = "not_found"
+
+
+class ArtworkNotFound(ArtlensError):
+    """An object id that the index does not hold (raised by :func:`artwork_row` only)."""
+
+    code = "artwork_not_found"
+
+
+def artwork_row(rows: Mapping[str, int], object_id: str) -> int:
+    """The bundle row of ``object_id`` (``rows``: object id → row); ArtworkNotFound when the index lacks it."""
+    row = rows.get(object_id)
+    if row is None:
+        shown = object_id if len(object_id) <= 80 else object_id[:80] + "…"
+        raise ArtworkNotFound(f"no artwork with id {shown!r} in this index")
+    return row

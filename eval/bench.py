@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.calibration.queries import read_queries
 from artlens.embedder import library_versions
 from artlens.errors import ImageError
 from artlens.imaging import load_image
 from artlens.recognition.recognizer import Recognizer
 
 from .evaluate import percentiles
-from .queries import read_queries
 
 
 def describe_machine(recognizer: Recognizer | None = None) -> dict:
@@ -42,7 +42,7 @@ def bench_recognition(recognizer: Recognizer, queries: str | Path, *, top_k: int
     The bare forward gets the photo already decoded and preprocessed; recognition gets the encoded bytes
     (as the service does) and pays for decoding, features, search, verification and the decision.
     """
-    k = int(top_k or recognizer.config["top_k"])
+    k = recognizer.settings.shortlist_size(top_k)
     photos = [p for _, p, _ in read_queries(queries)]
     encoded = []
     for p in photos:

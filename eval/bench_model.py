@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.calibration.queries import read_queries
 from artlens.embedder import Embedder
 from artlens.imaging import load_image
 
 from .bench import describe_machine
 from .evaluate import percentiles
-from .queries import read_queries
 
 
 def bench_models(model_dirs: list[Path], queries: str | Path, *, batch_sizes: tuple[int, ...] = (1, 4, 16),

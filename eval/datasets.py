@@ -118,13 +118,3 @@ def museum_mix(out_dir: Path, shared: Path = SHARED) -> Dataset:
     _write_mix_csv(collection, rows)
     _write_mix_csv(distractors, [r for r in met_rows if r[0] in held])
     return Dataset("museum-mix", collection, None, distractors)
-
-
-def get_dataset(name: str, work_dir: Path) -> Dataset:
-    if name == "met":
-        return met_collection(work_dir / "met")
-    if name == "museum-mix":
-        return museum_mix(work_dir / "museum-mix")
-    if name in {"smvs-museum", "estense"}:
-        return shared_dataset(name)
-    raise CollectionError(f"unknown dataset {name!r}; known: smvs-museum, estense, met, museum-mix")

@@ -3,7 +3,7 @@
 Made reproducibly from the references (seeded): a region showing 10–40 % of the artwork's area (random
 position, aspect of a phone frame), seen as a standing visitor sees it (the region is a trapezoid on the canvas:
 the visitor looks up at a detail hung above eye level or from one side, and holds the phone slightly rotated),
-then the phone's own effects (``recognition.calibrate.phone_effects``: white balance, exposure, glare, blur,
+then the phone's own effects (``calibration.photos.phone_effects``: white balance, exposure, glare, blur,
 noise, JPEG). Details of artworks that are *not* in the collection (the distractors) are the no-match queries
 that measure the false-positive rate.
 
@@ -20,12 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from artlens.calibration.photos import phone_effects
+from artlens.calibration.queries import write_queries
 from artlens.errors import ArtlensError, CollectionError
 from artlens.imaging import load_image
 from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
-from artlens.recognition.calibrate import phone_effects
-
-from .queries import write_queries
 
 DETAIL_CONFIG: dict = {
     "area": (0.10, 0.40),  # fraction of the artwork the detail shows (issue 3)

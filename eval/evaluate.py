@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.calibration.photos import LabelledPhoto
+from artlens.calibration.queries import labelled_photos
 from artlens.errors import ArtlensError
-from artlens.recognition.calibrate import LabelledPhoto
 from artlens.recognition.recognizer import Recognizer
-
-from .queries import labelled_photos
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -34,7 +33,7 @@ def evaluate_photos(recognizer: Recognizer, photos: list[LabelledPhoto], *, top_
                     source: str = "") -> dict:
     """:func:`evaluate` on labelled photos already resolved to bundle rows."""
     queries = source
-    k = int(top_k or recognizer.config["top_k"])
+    k = recognizer.settings.shortlist_size(top_k)
     artworks = recognizer.bundle.artworks
     details, totals, stage_times = [], [], {}
     for i, photo in enumerate(photos, start=1):
@@ -43,7 +42,7 @@ def evaluate_photos(recognizer: Recognizer, photos: list[LabelledPhoto], *, top_
         except ArtlensError as exc:
             details.append({"image": photo.name, "error": str(exc), "expected": _ids(photo.expected, artworks)})
             continue
-        result = recognizer.decide(analysis, min_confidence=min_confidence, top_k=k)
+        result = recognizer.decide(analysis, min_confidence=min_confidence)
         # Top-ranked after verification, ignoring the threshold: best confidence over the whole shortlist.
         ranked = recognizer.rank(analysis, result.threshold)
         expected = _ids(photo.expected, artworks)
@@ -84,7 +83,7 @@ def evaluate_photos(recognizer: Recognizer, photos: list[LabelledPhoto], *, top_
         "queries": queries,
         "bundle": str(recognizer.bundle.path),
         "top_k": k,
-        "shortlist": recognizer.config["shortlist"],
+        "shortlist": recognizer.settings.shortlist_requested,
         "threshold": result.threshold if ok else recognizer.threshold,
         "n_queries": len(details),
         "n_errors": len(details) - len(ok),

@@ -25,8 +25,7 @@ import json
 import math
 from pathlib import Path
 
-from artlens.indexing.build import build_bundle
-from artlens.recognition.calibrate import calibrate_bundle
+from artlens.calibration.calibrate import build_calibrated_bundle
 from artlens.recognition.recognizer import Recognizer
 
 from .evaluate import evaluate
@@ -47,8 +46,7 @@ def threshold_inliers(recognizer: Recognizer) -> float | None:
 
 
 def build_gate_bundle(model: Path, collection: Path, out: Path, synthetic_photos: int) -> Path:
-    build_bundle(model, collection, out,
-                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": synthetic_photos}))
+    build_calibrated_bundle(model, collection, out, calibration={"synthetic_photos": synthetic_photos})
     return out
 
 

@@ -17,6 +17,7 @@ far from its origin as a real segment is from its nearest real neighbour, not a 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -27,7 +28,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from artlens.indexing.compressed_index import RECIPES, build_compressed_index, recall_at, search
+from artlens.errors import ArtlensError
+from artlens.indexing.compressed_index import RECIPES, build_compressed_index, recall_at
+from artlens.indexing.store.vectors import search_compressed
 
 SIZES = (10_000, 100_000, 1_000_000)
 RECIPES_BY_DEFAULT = ("flat", "hnsw32-flat", "pca88-ivf-sq8", "pca120-ivf-sq6", "pca176-ivf-pq88", "ivf-pq64")
@@ -142,10 +145,10 @@ def _bench_rerank(index: faiss.Index, db: np.ndarray, queries: np.ndarray, truth
     try:
         np.save(path, db)
         vectors = np.load(path, mmap_mode="r")
-        lat = _one_thread_latencies(partial(search, index, k=10, rerank=vectors, rerank_k=rerank_k),
+        lat = _one_thread_latencies(partial(search_compressed, index, k=10, rerank=vectors, rerank_k=rerank_k),
                                     queries[:batch1])
         t = time.perf_counter()
-        _, found = search(index, queries, 10, rerank=vectors, rerank_k=rerank_k)
+        _, found = search_compressed(index, queries, 10, rerank=vectors, rerank_k=rerank_k)
         batched_ms = (time.perf_counter() - t) * 1000 / len(queries)
         del vectors
     finally:
@@ -317,3 +320,45 @@ def markdown_table(report: dict) -> str:
                          f"{rr['10-recall@10']:.3f} | {rr['1-recall@10']:.3f} | {param} | "
                          f"{rr['latency_ms']['batch1_p50']:.2f} | {rr['latency_ms']['batched_per_query']:.3f} | – |")
     return "\n".join(lines)
+
+
+def load_vectors(path: Path, queries: int) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(vectors, owning image per vector or None, description) of a .npy file of real vectors; the owners and
+    the description are read from ``<stem>-owners.npy`` and ``<stem>.json`` beside it when they exist."""
+    if not path.is_file():
+        raise ArtlensError(f"--vectors {path}: file not found")
+    try:
+        base = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ArtlensError(f"--vectors {path}: not a NumPy .npy array ({exc})") from None
+    if base.ndim != 2 or len(base) <= queries:
+        raise ArtlensError(f"--vectors {path}: need a 2-D array with more than {queries} rows, got shape {base.shape}")
+    owners_path = path.with_name(path.stem + "-owners.npy")
+    owners = np.load(owners_path) if owners_path.is_file() else None
+    side = path.with_suffix(".json")
+    desc = json.loads(side.read_text()) if side.is_file() else {"file": str(path)}
+    desc["file"] = str(path)
+    return base, owners, desc
+
+
+def bench_index_to_file(json_out: Path, *, vectors: Path | None, sizes: tuple[int, ...], recipes: tuple[str, ...],
+                        queries: int, random_check_max: int, quick: bool, markdown: Path | None = None,
+                        progress: Progress | None = None) -> dict:
+    """`artlens bench index`: :func:`bench_index` on ``vectors`` (None: synthetic), its report kept at ``json_out``
+    (marked ``"partial": true`` after each run until the last) and its table at ``markdown``."""
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+
+    def keep_partial(report: dict) -> None:
+        json_out.write_text(json.dumps({**report, "partial": True}, indent=2))
+
+    base, owners, desc = load_vectors(vectors, queries) if vectors is not None else (None, None, None)
+    try:
+        report = bench_index(base, owners=owners, sizes=sizes, recipes=recipes, queries=queries,
+                             random_check_max=random_check_max, base_desc=desc,
+                             batch1_queries=50 if quick else 200, on_run=keep_partial, progress=progress)
+    except ValueError as exc:
+        raise ArtlensError(str(exc)) from None
+    json_out.write_text(json.dumps(report, indent=2))
+    if markdown:
+        markdown.write_text(markdown_table(report) + "\n")
+    return report

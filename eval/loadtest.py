@@ -27,8 +27,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from artlens.calibration.queries import read_queries
+
 from .bench import describe_machine
-from .queries import read_queries
 
 MODES = {"batched": True, "unbatched": False}
 

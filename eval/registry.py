@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from artlens.calibration.queries import read_queries, write_queries
 from artlens.errors import CollectionError
 
 from .datasets import SHARED, met_collection, museum_mix, shared_dataset
-from .queries import read_queries, write_queries
 from .visitor import SEVERITIES
 
 

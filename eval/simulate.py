@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.calibration.photos import simulate_visitor_photo
+from artlens.calibration.queries import write_queries
 from artlens.errors import ArtlensError, CollectionError
 from artlens.imaging import load_image
 from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
-from artlens.recognition.calibrate import simulate_visitor_photo
-
-from .queries import write_queries
 
 
 def simulate_collection_photos(collection_csv: str | Path, out_dir: str | Path, *, count: int, seed: int = 0) -> Path:
@@ -86,3 +85,15 @@ def simulate_visitor_set(collection_csv: str | Path, out_dir: str | Path, *, see
         if progress:
             progress(min(start + batch, len(sources)), len(sources))
     return write_queries(out / "queries.csv", lines)
+
+
+def simulate_visitor_sample(collection_csv: str | Path, out_dir: str | Path, *, count: int, seed: int,
+                            severity: str) -> Path:
+    """:func:`simulate_visitor_set` of ``count`` artworks of the collection, picked at random with ``seed``."""
+    from .visitor import severity as check_severity
+
+    check_severity(severity)
+    rows = read_collection(collection_csv).rows
+    picks = np.random.default_rng(seed).choice(len(rows), size=min(count, len(rows)), replace=False)
+    return simulate_visitor_set(collection_csv, out_dir, seed=seed, severity=severity,
+                                ids=[rows[i].object_id for i in sorted(picks.tolist())])

@@ -8,7 +8,7 @@ blur, sensor noise and JPEG compression.
 
 Evaluation only. This is the one module outside ``export/`` that may import PyTorch (via kornia), and only
 inside functions: recognition, indexing and serving never need torch. The build-time calibration keeps the
-light cv2 simulator of ``recognition/calibrate.py`` for that reason.
+light cv2 simulator of ``calibration/photos.py`` for that reason.
 
 Every random draw of photo i comes from generators seeded with (seed, i): numpy for its parameters, scene and
 light, torch for its sensor noise. The same seed and image give the same photo, byte for byte on a CPU, however

@@ -7,11 +7,8 @@ load (hub cache / local directory / random init) → trace to ONNX (dynamic batc
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 
 from artlens.export.archs import KNOWN_ARCHITECTURES
 from artlens.export.errors import ExportError
+from artlens.files import moved_into_place, staging_directory
 from artlens.hashing import file_sha256
 
 # Defaults, one place (hloc style). The CLI and callers override per export.
@@ -97,12 +95,11 @@ def export_dinov2(
     timings["load"] = time.perf_counter() - t0
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = staging_directory(out, "tmp")
         tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     except OSError as exc:
         raise ExportError(f"--out {out}: cannot write next to it ({exc.strerror or exc})") from exc
-    try:
+    with moved_into_place(tmp, out):
         t = time.perf_counter()
         report("export", f"tracing to ONNX opset {opset}")
         fp32_dir = tmp / "fp32"
@@ -144,10 +141,6 @@ def export_dinov2(
                            precision=precision, opset=opset, onnx_path=final, parity_result=result,
                            shapes=shapes, timings=timings, torch_version=torch.__version__)
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
@@ -184,21 +177,6 @@ def _check_out_dir(out: Path, own_files: set[str] = BUNDLE_FILES) -> None:
         shown = ", ".join(foreign[:3]) + ("…" if len(foreign) > 3 else "")
         raise ExportError(f"--out {out}: exists and holds files an export would delete ({shown}); "
                           "choose a new or empty directory")
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is replaced only now, when the new one is complete."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old, out)  # put the previous export back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _patch_size(value: Any) -> int:

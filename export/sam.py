@@ -2,21 +2,21 @@
 
 load (a local ``.pth`` checkpoint, or seeded random weights) → image encoder → ``encoder.onnx``, prompt encoder +
 mask decoder (prompt-batched) → ``decoder.onnx`` → parity check of both against PyTorch → ``model.json`` →
-atomic rename into place. Read at run time by indexing/sam.py (``SamModel``).
+atomic rename into place. Read at run time by indexing/sam_model.py (``SamModel``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from artlens.export.dinov2 import FORMAT, OPSETS, Progress, _check_out_dir, _swap_into_place
+from artlens.export.dinov2 import FORMAT, OPSETS, Progress, _check_out_dir
 from artlens.export.errors import ExportError
+from artlens.files import moved_into_place, staging_directory
 from artlens.hashing import file_sha256
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")  # what segment-anything publishes; "tiny" is for tests
@@ -82,12 +82,11 @@ def export_sam(out_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     timings["load"] = time.perf_counter() - t0
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = staging_directory(out, "tmp")
         tmp.chmod(0o755)
     except OSError as exc:
         raise ExportError(f"--out {out}: cannot write next to it ({exc.strerror or exc})") from exc
-    try:
+    with moved_into_place(tmp, out):
         t = time.perf_counter()
         report("export", f"image encoder and prompt-batched decoder to ONNX opset {opset}")
         enc_path, dec_path = tmp / "encoder.onnx", tmp / "decoder.onnx"
@@ -108,10 +107,6 @@ def export_sam(out_dir: str | Path, *, checkpoint: str | Path | None = None, mod
                            enc_path=enc_path, dec_path=dec_path, parity=parity, timings=timings,
                            torch_version=torch.__version__)
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

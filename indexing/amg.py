@@ -1,13 +1,8 @@
 """Automatic masks (Segment Anything's "everything" mode) on ONNX Runtime, without PyTorch.
 
-The algorithm is segment-anything's ``SamAutomaticMaskGenerator`` (single crop layer): a point grid → the mask
-decoder → filter by predicted IoU and stability → box NMS → small-region clean-up. Its algorithmic pieces live
-in ``segment_anything.utils.amg``, but that module imports torch at load time and works on torch tensors;
-recognition and indexing must run without torch (the Docker image has none), so the few pieces used are
-re-expressed here on NumPy and tests/test_segments.py checks them against the originals.
-
-Two presets: ``DEFAULT_CONFIG`` (ours, measured in docs/benchmarks.md) and ``SAM_DEFAULTS`` (the package's own
-defaults: 32×32 points, masks at the image's full resolution) for the prototype-recipe baseline.
+segment-anything's ``SamAutomaticMaskGenerator`` (one crop layer) on NumPy: point grid → mask decoder → IoU and
+stability filters → box NMS → small-region clean-up; tests/test_segments.py checks the pieces against the originals.
+Presets: ``DEFAULT_CONFIG`` (ours, docs/benchmarks.md), ``SAM_DEFAULTS`` (the package's, ``artlens bench segments``).
 """
 
 from __future__ import annotations
@@ -18,7 +13,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .sam import SamModel
+from .sam_model import SamModel
 
 DEFAULT_CONFIG: dict = {
     # Segments that help recognise a detail photo cover a few % to half of an artwork: a coarse grid finds
@@ -169,31 +164,8 @@ def generate(sam: SamModel, rgb: np.ndarray, config: dict | None = None,
     return out
 
 
-# -- storage: COCO RLE, polygons -------------------------------------------------------------------------
+# -- storage: COCO RLE; decoding it and polygons are the read side, artlens.indexing.store.rle ---------------
 def encode_rle(mask: np.ndarray) -> dict:
     """COCO RLE {"size": [h, w], "counts": str} of a bool mask."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
-
-
-def polygons(rle: dict, image_size: tuple[int, int], *, tolerance: float = 1.5, max_polygons: int = 8
-             ) -> list[list[float]]:
-    """Outer contours of a stored mask, simplified, as flat [x0, y0, x1, y1, …] in image pixels (w, h)."""
-    mask = decode_rle(rle).astype(np.uint8)
-    mh, mw = mask.shape
-    sx, sy = image_size[0] / mw, image_size[1] / mh
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    contours = sorted(contours, key=cv2.contourArea, reverse=True)[:max_polygons]
-    out = []
-    for c in contours:
-        approx = cv2.approxPolyDP(c, tolerance, True).reshape(-1, 2).astype(np.float64)
-        if len(approx) < 3:
-            continue
-        # Pixel centres → continuous coordinates, then to the image's pixel frame.
-        approx = (approx + 0.5) * (sx, sy)
-        out.append([round(float(v), 1) for v in approx.ravel()])
-    return out

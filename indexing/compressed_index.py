@@ -1,18 +1,8 @@
-"""FAISS index for many vectors in little memory: exact below a size threshold, compressed above it.
+"""Building a FAISS index for many vectors in little memory (the segment vectors): exact below a size threshold,
+compressed above it (default: uncentred PCA 384 → 88, IVF, 8-bit scalar quantisation; ``RECIPES``).
 
-Drop-in for :func:`indexing.vector_index.build_index` (same ``(index, description)`` return, inner-product
-scores, ids = row numbers), meant for segment vectors: ~25M of them for 800,000 artworks.
-
-The compressed recipe, measured in docs/index-benchmarks.md (``artlens bench index``): an uncentred PCA
-projection 384 → 88 dims, an inverted file (IVF, √n-scaled lists) and 8-bit scalar quantisation of the
-residuals: 88 code bytes + 8 id bytes per vector. The number of lists probed at search time (``nprobe``) is
-tuned at build time, on a sample of the indexed vectors, to the smallest value reaching the target recall, and
-recorded in the description *and* in the index (FAISS serialises ``nprobe``), so a bundle reads back as tuned.
-
-Why an uncentred projection: FAISS's PCAMatrix subtracts the mean, which changes inner products by a per-vector
-term ⟨x, μ⟩ — harmless for L2 but wrong for inner-product search. The eigenvectors of the second-moment matrix
-E[x xᵀ] keep the mean direction (DINOv2 vectors share a large one) and project without a bias, so
-⟨Px, Pq⟩ approximates ⟨x, q⟩ directly.
+Same ``(index, description)`` return as indexing/vector_index.py. The search-time knob (``nprobe``) is tuned here
+to a target recall and stored in the index; searching: artlens.indexing.store.vectors. Why: docs/index-benchmarks.md.
 """
 
 from __future__ import annotations
@@ -22,6 +12,8 @@ import time
 
 import faiss
 import numpy as np
+
+from artlens.indexing.store.vectors import search_parameter, set_search_parameter
 
 DEFAULT_CONFIG: dict = {
     "exact_below": 50_000,  # as indexing/vector_index.py: flat search is < 10 ms per query up to here
@@ -162,25 +154,6 @@ def uncentred_pca(x: np.ndarray, d_out: int) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(vecs[:, order].T, dtype=np.float32), float(values[order].sum() / values.sum())
 
 
-def search_parameter(index: faiss.Index) -> str | None:
-    """Name of the search-time knob of ``index``: ``nprobe`` (IVF), ``efSearch`` (HNSW) or None (exact)."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    if _ivf(inner) is not None:
-        return "nprobe"
-    if isinstance(faiss.downcast_index(inner), faiss.IndexHNSW):
-        return "efSearch"
-    return None
-
-
-def set_search_parameter(index: faiss.Index, value: int) -> None:
-    name = search_parameter(index)
-    if name == "nprobe":
-        _ivf(index).nprobe = int(value)
-    elif name == "efSearch":
-        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-        faiss.downcast_index(inner).hnsw.efSearch = int(value)
-
-
 def tune_search(index: faiss.Index, vectors: np.ndarray, desc: dict, config: dict | None = None, *,
                 query_rows: np.ndarray, indexed_rows: np.ndarray) -> dict:
     """Smallest nprobe / efSearch whose 10-recall@10 ≥ target, for ``vectors[query_rows]`` as queries against
@@ -217,34 +190,6 @@ def tune_search(index: faiss.Index, vectors: np.ndarray, desc: dict, config: dic
             "target_met": bool(best[0] >= cfg["target_recall"]), "tune_s": round(time.perf_counter() - start, 2)}
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, desc: dict | None = None, *,
-           rerank: np.ndarray | None = None, rerank_k: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) [B, k']; applies the recorded nprobe / efSearch of ``desc`` first (when given).
-
-    ``rerank``: the original float vectors, row = id — typically ``np.load(path, mmap_mode="r")`` so they stay
-    on disk, not in the index's memory. The compressed index then proposes ``rerank_k`` candidates and exact
-    inner products order them: recall of the top k becomes the compressed index's recall at ``rerank_k``.
-    """
-    if desc:
-        value = desc.get("nprobe", desc.get("ef_search"))
-        if value is not None:
-            set_search_parameter(index, value)
-    k = max(1, min(k, index.ntotal))
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    if rerank is None:
-        return index.search(q, k)
-    _, cand = index.search(q, max(k, min(int(rerank_k), index.ntotal)))
-    scores = np.full((len(q), k), -np.inf, np.float32)
-    ids = np.full((len(q), k), -1, np.int64)
-    for row, found in enumerate(cand):
-        found = np.unique(found[found >= 0])  # sorted ids: sequential reads of a memory-mapped file
-        exact = np.asarray(rerank[found], np.float32) @ q[row]
-        top = np.argsort(-exact, kind="stable")[:k]
-        scores[row, : len(top)] = exact[top]
-        ids[row, : len(top)] = found[top]
-    return scores, ids
-
-
 def recall_at(truth: np.ndarray, found: np.ndarray) -> dict:
     """10-recall@10 (share of the exact top-k found in the approximate top-k) and 1-recall@k (exact nearest
     neighbour in the approximate top-k), with k = truth's width."""
@@ -252,10 +197,3 @@ def recall_at(truth: np.ndarray, found: np.ndarray) -> dict:
     overlap = [len(set(t.tolist()) & set(f[:k].tolist())) for t, f in zip(truth, found, strict=True)]
     first = [t[0] in set(f[:k].tolist()) for t, f in zip(truth, found, strict=True)]
     return {f"{k}-recall@{k}": float(np.mean(overlap)) / k, f"1-recall@{k}": float(np.mean(first))}
-
-
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None

@@ -1,21 +1,8 @@
-"""Change a bundle one artwork at a time (the service's admin routes), persisted as a new bundle version.
+"""Change a bundle one artwork at a time (the service's admin routes), each change written as a new bundle version.
 
-An added artwork goes through exactly what ``build_bundle`` does to a collection row: decode, RootSIFT
-features, DINOv2 embedding, a VLAD vector over the bundle's *existing* vocabulary (no retraining, so every
-other vector stays valid), appended to both FAISS indexes. Its image is stored inside the bundle
-(``images/<sha256>.<ext>``, checksummed) with its rendition (renditions.py), so the bundle stays
-self-contained. Removing an artwork rebuilds the two indexes from the stored vectors (exact indexes:
-milliseconds); its stored files are left behind. The calibration is kept as it is: it was fitted on the
-collection's verification evidence, which one artwork more or less does not change.
-
-On a bundle with segments: an added artwork gets no segments (the service runs no SAM model; the answer says
-so), the others' segment files are carried over unchanged (their artwork rows do not move). Removing an artwork
-drops its segments, shifts the ``artwork`` row of every later segment down by one, and rebuilds both segment
-indexes from the kept vectors with the settings recorded in ``bundle.json``; the VLAD→local PCA projection is
-kept as it is (fitted on the whole collection, like the calibration).
-
-Every change is written like a build: into a sibling staging directory, checksummed, renamed into place
-(``bundle.commit``), with ``version`` bumped in ``bundle.json``; a restart loads the new version.
+An added artwork is read like a collection row (reference.py) and appended to both FAISS indexes over the bundle's
+existing vocabulary and projection (no segments); a removed one's rows go and the indexes are rebuilt from the
+stored vectors. Calibration is kept. Each version is staged, loaded as a check, swapped in, ``version`` bumped.
 """
 
 from __future__ import annotations
@@ -30,33 +17,24 @@ import faiss
 import numpy as np
 
 from artlens.embedder import Embedder
-from artlens.errors import ArtlensError, BundleError
-from artlens.imaging import load_image, to_gray
-from artlens.verification import (
-    extract,
-    matching_space,
-    vlad_aggregate,
-    vlad_compact,
-    vlad_projection_index,
-    vlad_split_index,
-)
+from artlens.errors import ArtlensError, BundleError, artwork_row
+from artlens.files import moved_into_place
+from artlens.indexing.store import vlad
+from artlens.indexing.store.bundle import Bundle, ReferenceFeatures, load_bundle
+from artlens.indexing.store.segments import DetailFeatures, SegmentStore, segment_files
+from artlens.verification import matching_space
 
-from . import bundle as bundle_io
-from . import renditions, vector_index
-from .bundle import Bundle, ReferenceFeatures
-from .collection import check_object_id, check_reference_features, fetch_bytes, resolve_image
+from . import bundle_writer, renditions, vector_index
+from .collection import check_object_id, fetch_bytes, resolve_image
 from .descriptor_votes import build_vote_index, refill, with_added
-from .segments import DetailFeatures, SegmentStore, segment_files, segment_vector_index
+from .reference import read_reference
+from .segment_collection import segment_vector_index
 
 IMAGE_DIR = "images"
 
 
 class ArtworkExists(ArtlensError):
     code = "artwork_exists"
-
-
-class ArtworkNotFound(ArtlensError):
-    code = "artwork_not_found"
 
 
 class LastArtwork(ArtlensError):
@@ -68,10 +46,7 @@ def bundle_version(bundle: Bundle) -> int:
 
 
 def find_row(bundle: Bundle, object_id: str) -> int:
-    for row, art in enumerate(bundle.artworks):
-        if art["object_id"] == object_id:
-            return row
-    raise ArtworkNotFound(f"artwork {object_id!r} is not in this index")
+    return artwork_row({art["object_id"]: row for row, art in enumerate(bundle.artworks)}, object_id)
 
 
 def image_source(bundle: Bundle, row: int) -> str | Path:
@@ -89,17 +64,16 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     check_object_id(object_id)
     if any(art["object_id"] == object_id for art in bundle.artworks):
         raise ArtworkExists(f"artwork {object_id!r} is already in this index; delete it first to replace it")
-    fcfg = bundle.meta["features"]["config"]
-    decoded = load_image(image, name=f"image of {object_id!r}", max_side=fcfg["max_side"], **load_limits)
-    feats = extract(to_gray(decoded.rgb), fcfg)
-    check_reference_features(len(feats), f"image of {object_id!r}")
-    vector = embedder.embed_arrays([decoded.rgb])[0].astype(np.float32)
-    vlad = vlad_aggregate(matching_space(feats.descriptors, feats.method), bundle.vocabulary).astype(np.float32)
+    reference = read_reference(image, name=f"image of {object_id!r}", feature_config=bundle.meta["features"]["config"],
+                               **load_limits)
+    feats = reference.features
+    vector = embedder.embed_arrays([reference.image.rgb])[0].astype(np.float32)
+    vlad_vector = vlad.aggregate(matching_space(feats.descriptors, feats.method), bundle.vocabulary).astype(np.float32)
     sha = hashlib.sha256(image).hexdigest()
     stored = f"{IMAGE_DIR}/{sha[:32]}.{extension}"
-    jpeg = renditions.make_rendition(image, name=f"image of {object_id!r}")
+    jpeg = reference.rendition
     rendition = renditions.rendition_name(jpeg)
-    width, height = decoded.original_size
+    width, height = reference.image.original_size
     artworks = [*bundle.artworks, {"object_id": object_id, "image": stored, "stored_image": stored,
                                    "rendition": rendition, "width": width, "height": height,
                                    "metadata": dict(metadata)}]
@@ -107,10 +81,10 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     index.add(vector[None])
     # The VLAD index may carry a PCA projection in front (IndexPreTransform, which FAISS cannot clone): add the
     # compact vector to a copy of the inner index and put the same projection in front again.
-    projection, inner = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+    projection, inner = vlad.split_index(bundle.local_index, len(bundle.vocabulary))
     local_inner = faiss.clone_index(inner)
-    local_inner.add(vlad_compact(vlad[None], projection))
-    local_index = vlad_projection_index(projection, local_inner)
+    local_inner.add(vlad.compact(vlad_vector[None], projection))
+    local_index = vlad.projection_index(projection, local_inner)
     old = bundle.features
     features = ReferenceFeatures(
         keypoints=np.concatenate([np.asarray(old.keypoints), feats.keypoints.astype(np.float32)]),
@@ -173,11 +147,11 @@ def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
     embeddings = np.asarray(bundle.embeddings)[keep]
     # The VLAD index may carry a PCA projection (FAISS IndexPreTransform): rebuild its inner index of compact
     # vectors and wrap it with the same projection again.
-    projection, inner = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+    projection, inner = vlad.split_index(bundle.local_index, len(bundle.vocabulary))
     compact = inner.reconstruct_n(0, inner.ntotal)[keep]
     index, _ = vector_index.build_index(embeddings, bundle.meta["index"])
     local_inner, _ = vector_index.build_index(compact, bundle.meta["local_index"])
-    local_index = vlad_projection_index(projection, local_inner)
+    local_index = vlad.projection_index(projection, local_inner)
     old = bundle.features
     parts = [old.get(int(i)) for i in keep]
     features = ReferenceFeatures.from_list(parts, old.method)
@@ -260,8 +234,8 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
         meta["segments"] = segments[1]
     if votes is not None:
         meta["votes"] = votes[1]
-    staging = bundle_io.staging_dir(out)
-    try:
+    staging = bundle_writer.staging_dir(out)
+    with moved_into_place(staging, out):
         # Only the kept artworks' files move on: a deleted artwork's rendition and original go with the old version.
         _carry_images(out, staging, set(renditions.stored_files(artworks)) - set(new_files or {}), required=True)
         if segments is not None:  # first: bundle.json's checksums cover these files
@@ -272,16 +246,13 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_bytes(data)
         meta["renditions"] = renditions.describe(staging, artworks)
-        bundle_io.write_bundle_files(staging, meta, artworks, embeddings, index, features, bundle.vocabulary,
-                                     local_index, votes[0] if votes else None)
+        bundle_writer.write_bundle_files(staging, meta, artworks, embeddings, index, features, bundle.vocabulary,
+                                         local_index, votes[0] if votes else None)
         # Load the new version fully (counts, segment rows, checksums) before it replaces the served one: a
         # change that fails here leaves the bundle on disk as it was.
-        bundle_io.load_bundle(staging)
-        bundle_io.commit(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return bundle_io.load_bundle(out)
+        load_bundle(staging)
+        bundle_writer.check_replaceable(out)
+    return load_bundle(out)
 
 
 def _carry_images(old: Path, staging: Path, keep: set[str], required: bool = False) -> None:

@@ -1,40 +1,21 @@
-"""Reference-image renditions stored inside the bundle, so a served bundle needs nothing outside itself.
+"""Writing each artwork's reference-image rendition into the bundle, so a served bundle needs nothing outside it.
 
-Every artwork gets one JPEG, ``renditions/<sha256[:32]>.jpg`` (longest side ``RENDITION_SIDE``, never upscaled,
-EXIF orientation applied), named by its content and recorded in its ``artworks.json`` row as ``rendition``.
-``index build`` and the admin add write it; delete drops it with the row; ``artlens index renditions`` gives an
-older bundle its renditions. bundle.json checksums every stored file (renditions and the originals the admin
-add keeps in ``images/``) like the rest of the bundle, and the service checks a rendition's checksum again
-each time it reads one from disk. Smaller sizes are derived from the stored rendition on request.
+One JPEG per artwork, ``renditions/<sha256[:32]>.jpg`` (longest side ``RENDITION_SIDE``, never upscaled, EXIF
+orientation applied), named by its content and recorded in ``artworks.json`` as ``rendition``; bundle.json
+checksums it. Reading one back (checked again) and smaller sizes: artlens.indexing.store.renditions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
-from PIL import Image
-
-from artlens.errors import ArtlensError
 from artlens.imaging import load_image
+from artlens.indexing.store.renditions import RENDITION_QUALITY, encode_jpeg
 
 RENDITION_DIR = "renditions"
 RENDITION_SIDE = 1024
-RENDITION_QUALITY = 85
-
-
-class RenditionUnavailable(ArtlensError):
-    """A stored rendition is missing, altered, or unreadable (a server fault, not the client's)."""
-
-    code = "image_unavailable"
-
-
-def encode_jpeg(rgb, quality: int = RENDITION_QUALITY) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "JPEG", quality=quality, optimize=True)
-    return buf.getvalue()
 
 
 def make_rendition(data: bytes, *, name: str) -> bytes:
@@ -73,31 +54,3 @@ def describe(directory: Path, artworks: list[dict]) -> dict:
     return {"dir": RENDITION_DIR, "max_side": RENDITION_SIDE, "quality": RENDITION_QUALITY, "format": "jpeg",
             "count": len(files), "without": sum(1 for art in artworks if not art.get("rendition")),
             "bytes": total}
-
-
-def read_verified(bundle_path: Path, rel: str, checksums: dict[str, str]) -> bytes:
-    """A stored rendition's bytes, checked against bundle.json's checksum; any problem is
-    :class:`RenditionUnavailable` (its message is for the operator's log: it names the file)."""
-    expected = checksums.get(rel)
-    if expected is None:
-        raise RenditionUnavailable(f"{bundle_path}: {rel} has no checksum in bundle.json")
-    try:
-        data = (bundle_path / rel).read_bytes()
-    except OSError as exc:
-        raise RenditionUnavailable(f"{bundle_path / rel}: cannot read ({exc.strerror or exc})") from None
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise RenditionUnavailable(f"{bundle_path / rel}: does not match its checksum (corrupted or edited)")
-    return data
-
-
-def derive(data: bytes, size: int, *, stored: bool, name: str) -> bytes:
-    """The JPEG to serve at longer side ``size``: a stored rendition as it is when it is no larger than that,
-    otherwise decoded, downscaled and re-encoded (a recorded source image always is)."""
-    if stored:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                if max(img.size) <= size:
-                    return data
-        except Exception as exc:  # Pillow raises many types for a damaged header
-            raise RenditionUnavailable(f"{name}: unreadable ({type(exc).__name__})") from None
-    return encode_jpeg(load_image(data, name=name, max_side=size).rgb)

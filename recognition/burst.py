@@ -1,11 +1,7 @@
-"""A burst: up to a few frames of the same view, one answer.
+"""A burst: up to a few frames of the same view, one answer (docs/service.md, "Bursts").
 
-Mobile apps send a handful of frames in one round trip. Each frame is analysed on its own (shortlist +
-verification); then every artwork that verified in *some* frame is also verified in the frames whose shortlist
-missed it, and each artwork keeps the evidence of its best frame. Confidence stays calibrated: it is computed
-from one frame's evidence (what the calibration was fitted on), never from inliers summed over frames, which
-would let a weak wrong match win by repetition. The fused answer also says in how many frames each artwork
-verified (``support``) and which frame its outline refers to (``frame``).
+Each artwork keeps the evidence of its best frame, so its confidence is computed from one frame's evidence, as
+the calibration was fitted; inliers summed over frames would let a weak wrong match win by repetition.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .recognizer import Analysis, Evidence, Recognizer
+from .recognizer import Evidence, Recognizer
 from .results import Recognition
 
 MAX_FRAMES = 5
@@ -31,9 +27,9 @@ class BurstRecognition:
     frame_count: int
 
 
-def _strength(ev: Evidence) -> tuple[int, float]:
-    v = ev.verification
-    return (v.inliers if v.plausible else 0, ev.similarity)
+def _strength(evidence: Evidence) -> tuple[int, float]:
+    verification = evidence.verification
+    return (verification.inliers if verification.plausible else 0, evidence.similarity)
 
 
 def recognize_burst(recognizer: Recognizer, sources: list[str | Path | bytes], *, top_k: int | None = None,
@@ -60,10 +56,9 @@ def recognize_burst(recognizer: Recognizer, sources: list[str | Path | bytes], *
             for row in verified_rows:
                 if row not in seen:
                     _keep(best, support, frame, recognizer.evidence(analysis, row, rank=len(seen) + 1))
-    fused = Analysis(analyses[0].decoded, [ev for _, ev in best.values()], _sum_timings(analyses),
-                     analyses[0].query_vector, analyses[0].query_features, analyses[0].query_descriptors)
+    fused = recognizer.fused_analysis(analyses, [ev for _, ev in best.values()])
     fused.timings_ms["fuse"] = (time.perf_counter() - t0) * 1e3
-    result = recognizer.decide(fused, min_confidence=min_confidence, top_k=top_k)
+    result = recognizer.decide(fused, min_confidence=min_confidence)
     by_id = {recognizer.bundle.artworks[row]["object_id"]: row for row in best}
     shown = [*result.matches, *([result.best_rejected] if result.best_rejected else [])]
     frames = {c.object_id: best[by_id[c.object_id]][0] for c in shown}
@@ -77,10 +72,3 @@ def _keep(best: dict[int, tuple[int, Evidence]], support: dict[int, int], frame:
     if ev.row not in best or _strength(ev) > _strength(best[ev.row][1]):
         best[ev.row] = (frame, ev)
 
-
-def _sum_timings(analyses: list[Analysis]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for analysis in analyses:
-        for stage, ms in analysis.timings_ms.items():
-            out[stage] = out.get(stage, 0.0) + ms
-    return out

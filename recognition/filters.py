@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from artlens.errors import ArtlensError
-from artlens.indexing.bundle import Bundle
+from artlens.indexing.store.bundle import Bundle
 
 
 class FilterError(ArtlensError):

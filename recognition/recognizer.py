@@ -15,47 +15,16 @@ import numpy as np
 from artlens.embedder import Embedder
 from artlens.errors import BundleError, ModelError
 from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodeBudget, DecodedImage, load_image, to_gray
-from artlens.indexing import descriptor_votes
-from artlens.indexing.bundle import Bundle, load_bundle
-from artlens.indexing.vector_index import search
-from artlens.verification import (
-    VERIFY_CONFIG,
-    LocalFeatures,
-    Verification,
-    extract,
-    prepare,
-    verify,
-    vlad_aggregate,
-    vlad_compact,
-    vlad_region_masks,
-    vlad_split_index,
-)
+from artlens.indexing.store import vlad
+from artlens.indexing.store import votes as descriptor_votes
+from artlens.indexing.store.bundle import Bundle, load_bundle
+from artlens.indexing.store.vectors import search
+from artlens.verification import LocalFeatures, Verification, extract, prepare, verify
 
-from .calibration import Calibration
-from .results import Candidate, ModelSummary, Recognition, SegmentHit, SegmentInfo, SegmentRef
-from .segments import DEFAULT_CONFIG as SEGMENT_CONFIG
-from .segments import SegmentSearch, SegmentVotes
-
-SHORTLIST_MODES = ("auto", "fused", "global", "local")
-DEFAULT_CONFIG: dict = {
-    "top_k": 20,  # shortlist verified per photo: SMVS precision@1 0.91 at 1.2× the bare forward (docs/benchmarks.md)
-    # Which rankings make the shortlist: "fused" (DINOv2 and VLAD by reciprocal-rank fusion), "global"
-    # (DINOv2 only), "local" (VLAD only), or "auto": fused for a pretrained model, local for a random-init one
-    # (its descriptors rank SMVS at chance level, recall@10 0.17, and would only take verification slots).
-    "shortlist": "auto",
-    "rrf_k": 60,
-    # VLAD of the whole photo plus of 5 overlapping regions (4 quadrants of 60 %, the centre): a painting that
-    # fills a small part of a gallery-wall photo dominates some region's VLAD. A reference scores its best
-    # similarity over the regions (docs/benchmarks.md, "Shortlist").
-    "vlad_regions": True,
-    # Bundles with a vote index: the descriptor-vote ranking (indexing/descriptor_votes.py) takes every other
-    # shortlist slot, alternating with the ranking above, so neither can crowd the other out.
-    "votes": descriptor_votes.SEARCH_CONFIG,
-    "verify": VERIFY_CONFIG,
-    "max_overlap": 0.5,  # two verified outlines overlapping more than this are one artwork: keep the best
-    "descriptor_cache": 1024,  # prepared reference descriptors kept in memory (≈0.5 MB each)
-    "segments": SEGMENT_CONFIG,  # bundles built with --segments: segment votes and region verification
-}
+from .confidence import Calibration
+from .results import Candidate, ModelSummary, Recognition, SegmentRef
+from .segment_search import SegmentSearch, SegmentVotes
+from .settings import RecognitionSettings, resolve_settings
 
 
 @dataclass
@@ -69,9 +38,9 @@ class Evidence:
     segment: SegmentRef | None = None  # the segment of the reference the photo shows (a detail)
 
     def vector(self) -> np.ndarray:
-        """The evidence the calibration sees (recognition/calibration.py FEATURE_NAMES)."""
-        v = self.verification
-        return np.array([np.log1p(v.inliers if v.plausible else 0), self.similarity], dtype=np.float64)
+        """The evidence the calibration sees (recognition/confidence.py FEATURE_NAMES)."""
+        inliers = self.verification.inliers if self.verification.plausible else 0
+        return np.array([np.log1p(inliers), self.similarity], dtype=np.float64)
 
 
 @dataclass
@@ -82,15 +51,17 @@ class Analysis:
     query_vector: np.ndarray  # [D] global descriptor
     query_features: LocalFeatures
     query_descriptors: np.ndarray  # query_features' descriptors in matching space
+    top_k: int  # the shortlist size it was analysed with
     segment_votes: SegmentVotes | None = None  # what the segment indexes said (bundles with segments)
 
 
 class Recognizer:
-    """Holds a loaded bundle and its model; thread-safe for concurrent ``recognize`` calls."""
+    """Holds a loaded bundle and its model; thread-safe for concurrent ``recognize`` calls.
+
+    ``config``: overrides of the recognition settings (recognition/settings.py); ``settings`` holds them resolved."""
 
     def __init__(self, bundle: str | Path | Bundle, model_dir: str | Path | None = None, *,
                  config: dict | None = None, embedder: Embedder | None = None, require_calibration: bool = True):
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         model_meta = self.bundle.meta["model"]
         if embedder is None:
@@ -107,6 +78,7 @@ class Recognizer:
             raise ModelError(f"model {embedder.model_dir} is not the one bundle {self.bundle.path} was built with: "
                              + "; ".join(mismatch) + ". Pass --model with the bundle's model, or rebuild the bundle")
         self.embedder = embedder
+        self.settings: RecognitionSettings = resolve_settings(config, pretrained=embedder.info.pretrained)
         self.feature_config = self.bundle.meta["features"]["config"]
         self.calibration = None
         problem = "bundle has no calibration"
@@ -122,10 +94,9 @@ class Recognizer:
                                           sha256=embedder.info.sha256)
         self.segments: SegmentSearch | None = None
         if self.bundle.segments is not None:
-            self.segments = SegmentSearch(self.bundle, pretrained=embedder.info.pretrained,
-                                          config=self.config["segments"])
+            self.segments = SegmentSearch(self.bundle, self.settings.segments)
         self._vote_owner = None
-        if self.bundle.votes is not None and self.config["votes"].get("enabled", True):
+        if self.bundle.votes is not None and self.settings.votes.get("enabled", True):
             self._vote_owner = descriptor_votes.descriptor_owner(self.bundle.features.offsets)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         # Local features are extracted while ONNX Runtime runs the model: both release the GIL, and the
@@ -138,13 +109,13 @@ class Recognizer:
 
     # -- stages --------------------------------------------------------------------------------------
     def _reference_descriptors(self, row: int) -> np.ndarray:
-        desc = self._cache.get(row)
-        if desc is None:
-            desc = prepare(self.bundle.features.get(row))
-            self._cache[row] = desc
-            if len(self._cache) > self.config["descriptor_cache"]:
+        descriptors = self._cache.get(row)
+        if descriptors is None:
+            descriptors = prepare(self.bundle.features.get(row))
+            self._cache[row] = descriptors
+            if len(self._cache) > self.settings.descriptor_cache:
                 self._cache.popitem(last=False)
-        return desc
+        return descriptors
 
     def analyse(self, source: str | Path | bytes, *, top_k: int | None = None, name: str | None = None,
                 allowed: np.ndarray | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -157,9 +128,7 @@ class Recognizer:
         ONNX call. Default: this photo alone through the embedder. ``budget``: the decode counts against it
         (the service's concurrent decodes, imaging.DecodeBudget).
         """
-        k = int(top_k or self.config["top_k"])
-        if k < 1:
-            raise ValueError("top_k must be at least 1")
+        k = self.settings.shortlist_size(top_k)
         t0 = time.perf_counter()
         decoded = load_image(source, name=name, max_side=self.feature_config["max_side"], max_pixels=max_pixels,
                              max_bytes=max_bytes, budget=budget)
@@ -167,24 +136,19 @@ class Recognizer:
         # The descriptor votes need only the photo's local features: they run in the same thread, also behind
         # the forward pass.
         features_job = self._feature_pool.submit(self._features_and_votes, decoded.rgb, k, allowed)
-        vec = self.embedder.embed_arrays([decoded.rgb]) if embed is None else embed(decoded.rgb)[None]
+        query_vector = self.embedder.embed_arrays([decoded.rgb])[0] if embed is None else embed(decoded.rgb)
         t2 = time.perf_counter()
-        qf, qd, voted = features_job.result()
+        features, descriptors, voted = features_job.result()
         t3 = time.perf_counter()
-        votes = None
-        if self.segments is not None and self.segments.cfg["enabled"]:
-            votes = self.segments.vote(vec[0], qd, _regions(qf, self.config["vlad_regions"]))
-            if allowed is not None:  # metadata filters restrict the segment votes too
-                keep = set(np.asarray(allowed).tolist())
-                votes = SegmentVotes([[r for r in ranking if r in keep] for ranking in votes.rankings],
-                                     {r: seg for r, seg in votes.best.items() if r in keep})
-        shortlist = self.shortlist(vec[0], qf, qd, k, allowed=allowed,
-                                   extra_rankings=votes.rankings if votes and self.segments.cfg["fuse"] else (),
-                                   voted=voted)
-        if votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
-            shortlist += votes.extra_rows(shortlist, self.segments.cfg["slots"])
+        regions = _regions(features, self.settings.vlad_regions)
+        segment_votes = (None if self.segments is None
+                         else self.segments.photo_votes(query_vector, descriptors, regions, allowed))
+        shortlist = self._shortlist(query_vector, descriptors, regions, k, allowed=allowed,
+                                    extra_rankings=segment_votes.fused_rankings if segment_votes else (), voted=voted)
+        if segment_votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
+            shortlist += segment_votes.extra_rows(shortlist)
         t4 = time.perf_counter()
-        analysis = Analysis(decoded, [], {}, vec[0], qf, qd, votes)
+        analysis = Analysis(decoded, [], {}, query_vector, features, descriptors, k, segment_votes)
         analysis.candidates = [self.evidence(analysis, row, rank) for rank, row in enumerate(shortlist, start=1)]
         t5 = time.perf_counter()
         # "features" is only the part of feature extraction that outlasted the model's forward pass.
@@ -193,13 +157,14 @@ class Recognizer:
         return analysis
 
     def _query_features(self, rgb: np.ndarray) -> tuple[LocalFeatures, np.ndarray]:
-        qf = extract(to_gray(rgb), self.feature_config)
-        return qf, prepare(qf)
+        """The photo's local features and their descriptors in matching space."""
+        features = extract(to_gray(rgb), self.feature_config)
+        return features, prepare(features)
 
     def _features_and_votes(self, rgb: np.ndarray, k: int, allowed: np.ndarray | None
                             ) -> tuple[LocalFeatures, np.ndarray, list[int] | None]:
-        qf, qd = self._query_features(rgb)
-        return qf, qd, self.vote_ranking(qd, k, allowed)
+        features, descriptors = self._query_features(rgb)
+        return features, descriptors, self.vote_ranking(descriptors, k, allowed)
 
     def vote_ranking(self, query_descriptors: np.ndarray, k: int, allowed: np.ndarray | None = None
                      ) -> list[int] | None:
@@ -207,43 +172,39 @@ class Recognizer:
         if self._vote_owner is None:
             return None
         return descriptor_votes.vote_ranking(self.bundle.votes, self._vote_owner, query_descriptors,
-                                             len(self.bundle.artworks), k, self.config["votes"], allowed)
+                                             len(self.bundle.artworks), k, self.settings.votes, allowed)
 
-    def shortlist(self, query_vector: np.ndarray, query_features: LocalFeatures, query_descriptors: np.ndarray,
-                  k: int, allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = (),
-                  voted: list[int] | None = None) -> list[int]:
+    def _shortlist(self, query_vector: np.ndarray, query_descriptors: np.ndarray, regions: list[np.ndarray],
+                   k: int, allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = (),
+                   voted: list[int] | None = None) -> list[int]:
         """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings (and ``extra_rankings``: the segment
         votes), fused by reciprocal rank, alternating with ``voted`` (the descriptor-vote ranking) when given.
-        ``allowed``: the rows metadata filters leave (searched, not post-filtered)."""
-        mode = self.config["shortlist"]
-        if mode == "auto":
-            mode = "fused" if self.embedder.info.pretrained else "local"
-        if mode not in SHORTLIST_MODES:
-            raise ValueError(f"unknown shortlist mode {mode!r} ({', '.join(SHORTLIST_MODES)})")
+        ``regions``: keypoint masks of the photo's VLADs. ``allowed``: the rows metadata filters leave (searched,
+        not post-filtered)."""
+        mode = self.settings.shortlist
         rankings = [list(r) for r in extra_rankings]
         if mode in {"fused", "global"}:
             rankings.append(search(self.bundle.index, query_vector[None], k, allowed)[1][0])
         if mode in {"fused", "local"}:
-            rankings.append(self._vlad_ranking(query_features, query_descriptors, k, allowed))
+            rankings.append(self._vlad_ranking(query_descriptors, regions, k, allowed))
         scores: dict[int, float] = {}
         for ranking in rankings:
             for rank, row in enumerate(ranking):
                 if row >= 0:
-                    scores[int(row)] = scores.get(int(row), 0.0) + 1.0 / (self.config["rrf_k"] + rank + 1)
+                    scores[int(row)] = scores.get(int(row), 0.0) + 1.0 / (self.settings.rrf_k + rank + 1)
         fused = sorted(scores, key=lambda r: -scores[r])[:k]
         return fused if voted is None else _alternate(voted, fused, k)
 
-    def _vlad_ranking(self, query_features: LocalFeatures, query_descriptors: np.ndarray, k: int,
+    def _vlad_ranking(self, query_descriptors: np.ndarray, regions: list[np.ndarray], k: int,
                       allowed: np.ndarray | None = None) -> list[int]:
         """Top-k rows by VLAD similarity, each scored by its best region of the photo (max, not rank fusion: a
         painting that one region shows clearly is not outvoted by the regions that show the wall or its frame)."""
         if getattr(self, "_vlad_split", None) is None:  # (projection, index of compact VLADs), split once
-            self._vlad_split = vlad_split_index(self.bundle.local_index, len(self.bundle.vocabulary))
+            self._vlad_split = vlad.split_index(self.bundle.local_index, len(self.bundle.vocabulary))
         projection, index = self._vlad_split
-        masks = _regions(query_features, self.config["vlad_regions"])
-        vlads = np.stack([vlad_aggregate(query_descriptors[m], self.bundle.vocabulary) for m in masks])
+        vlads = np.stack([vlad.aggregate(query_descriptors[m], self.bundle.vocabulary) for m in regions])
         best: dict[int, float] = {}
-        for vector in vlad_compact(vlads, projection):
+        for vector in vlad.compact(vlads, projection):
             # One query at a time: FAISS runs a batch of a few queries on OpenMP threads, which on a busy 2-core
             # machine cost 20 ms instead of 0.03 ms.
             sims, rows = search(index, vector[None], k, allowed)
@@ -257,24 +218,31 @@ class Recognizer:
         similarity = float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
         ref = self.bundle.features.get(row)
         ref_desc = self._reference_descriptors(row)
-        ver = verify(analysis.query_features, analysis.query_descriptors, ref, ref_desc, self.config["verify"])
-        votes, segment = analysis.segment_votes, None
-        if votes is not None and row in votes.best:
-            voted = votes.best[row]
-            if row in votes.region_rows:
-                ver, _ = self.segments.verify_region(analysis.query_features, analysis.query_descriptors, ref,
-                                                     ref_desc, voted, ver, self.config["verify"])
-            segment = self.segments.shown_segment(row, voted, ver, analysis.query_features.image_size)
+        ver = verify(analysis.query_features, analysis.query_descriptors, ref, ref_desc, self.settings.verify)
+        segment = None
+        if analysis.segment_votes is not None and self.segments is not None:
+            ver, segment = self.segments.refine(analysis.segment_votes, row, analysis.query_features,
+                                                analysis.query_descriptors, ref, ref_desc, ver, self.settings.verify)
         return Evidence(row, rank, similarity, ver, segment)
 
-    def decide(self, analysis: Analysis, *, min_confidence: float | None = None, top_k: int | None = None
-               ) -> Recognition:
+    def fused_analysis(self, analyses: list[Analysis], candidates: list[Evidence]) -> Analysis:
+        """One analysis of several frames of one view (a burst): ``candidates`` gathered from the frames, the
+        first frame's photo, the stage timings summed over the frames."""
+        timings: dict[str, float] = {}
+        for analysis in analyses:
+            for stage, ms in analysis.timings_ms.items():
+                timings[stage] = timings.get(stage, 0.0) + ms
+        first = analyses[0]
+        return Analysis(first.decoded, candidates, timings, first.query_vector, first.query_features,
+                        first.query_descriptors, first.top_k)
+
+    def decide(self, analysis: Analysis, *, min_confidence: float | None = None) -> Recognition:
         t0 = time.perf_counter()
         threshold = self.threshold if min_confidence is None else float(min_confidence)
         accepted: list[Candidate] = []
         best_rejected: Candidate | None = None
         for cand in self.rank(analysis, threshold):
-            if cand.verified and not any(_overlap(cand.outline, a.outline) > self.config["max_overlap"]
+            if cand.verified and not any(_overlap(cand.outline, a.outline) > self.settings.max_overlap
                                          for a in accepted):
                 accepted.append(cand)
             elif best_rejected is None and not cand.verified:
@@ -285,7 +253,7 @@ class Recognizer:
         return Recognition(
             status="match" if accepted else "no_match", matches=accepted,
             best_rejected=None if accepted else best_rejected, threshold=threshold,
-            top_k=int(top_k or self.config["top_k"]), model=self.model_summary,
+            top_k=analysis.top_k, model=self.model_summary,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             image_size=list(analysis.decoded.original_size),
         )
@@ -294,44 +262,28 @@ class Recognizer:
         """Every shortlisted candidate with its calibrated confidence, best first (ties: more inliers)."""
         if self.calibration is None:
             raise BundleError(f"{self.bundle.path}: bundle has no calibration; run `artlens calibrate`")
-        cands = analysis.candidates
-        conf = self.calibration.confidence(np.stack([c.vector() for c in cands])) if cands else np.zeros(0)
-        scored = [self._candidate(c, float(p), threshold) for c, p in zip(cands, conf, strict=True)]
+        candidates = analysis.candidates
+        confidences = (self.calibration.confidence(np.stack([c.vector() for c in candidates])) if candidates
+                       else np.zeros(0))
+        scored = [self._candidate(c, float(p), threshold) for c, p in zip(candidates, confidences, strict=True)]
         return sorted(scored, key=lambda c: (-c.confidence, -c.inliers))
 
     def recognize(self, source: str | Path | bytes, *, top_k: int | None = None,
                   min_confidence: float | None = None, name: str | None = None,
                   allowed: np.ndarray | None = None) -> Recognition:
         return self.decide(self.analyse(source, top_k=top_k, name=name, allowed=allowed),
-                           min_confidence=min_confidence, top_k=top_k)
+                           min_confidence=min_confidence)
 
-    def _candidate(self, ev: Evidence, confidence: float, threshold: float) -> Candidate:
-        art = self.bundle.artworks[ev.row]
-        v = ev.verification
-        outline = None if v.outline is None else np.round(v.outline, 5).tolist()
+    def _candidate(self, evidence: Evidence, confidence: float, threshold: float) -> Candidate:
+        art = self.bundle.artworks[evidence.row]
+        ver = evidence.verification
+        outline = None if ver.outline is None else np.round(ver.outline, 5).tolist()
         return Candidate(
             object_id=art["object_id"], metadata=art["metadata"], confidence=round(confidence, 5),
-            verified=bool(v.plausible and confidence >= threshold), similarity=round(ev.similarity, 5),
-            retrieval_rank=ev.rank, matches=v.matches, inliers=v.inliers, inlier_ratio=round(v.inlier_ratio, 4),
-            outline=outline, rejected=v.rejected, segment=ev.segment,
+            verified=bool(ver.plausible and confidence >= threshold), similarity=round(evidence.similarity, 5),
+            retrieval_rank=evidence.rank, matches=ver.matches, inliers=ver.inliers,
+            inlier_ratio=round(ver.inlier_ratio, 4), outline=outline, rejected=ver.rejected, segment=evidence.segment,
         )
-
-    # -- segments (bundles built with --segments) ----------------------------------------------------------
-    def _segment_search(self) -> SegmentSearch:
-        if self.segments is None:
-            raise BundleError(f"{self.bundle.path}: bundle has no segments; rebuild it with `artlens index build"
-                              " --segments --sam DIR`")
-        return self.segments
-
-    def segments_of(self, object_id: str, *, with_polygons: bool = True) -> list[SegmentInfo]:
-        """An artwork's SAM segments, largest first, with polygons in reference-image pixels."""
-        return self._segment_search().segments_of(object_id, with_polygons=with_polygons)
-
-    def similar_segments(self, segment_id: str, k: int = 10, *, include_same_artwork: bool = False,
-                         space: str = "auto", with_polygons: bool = False) -> list[SegmentHit]:
-        """Segments across the collection most like ``segment_id`` (see SegmentSearch.similar_segments)."""
-        return self._segment_search().similar_segments(segment_id, k, include_same_artwork=include_same_artwork,
-                                                       space=space, with_polygons=with_polygons)
 
 
 def _overlap(a: list[list[float]] | None, b: list[list[float]] | None) -> float:
@@ -362,4 +314,4 @@ def _regions(features: LocalFeatures, with_regions: bool) -> list[np.ndarray]:
     """Keypoint masks: the whole photo, then (optionally) 4 overlapping quadrants and the centre."""
     if not with_regions:
         return [np.ones(len(features), dtype=bool)]
-    return vlad_region_masks(features.keypoints, features.image_size)
+    return vlad.region_masks(features.keypoints, features.image_size)

@@ -18,7 +18,7 @@ import artlens
 
 from .edge import edge_middleware
 from .errors import EXCEPTION_HANDLERS
-from .metrics import Metrics
+from .prometheus import Metrics
 from .ratelimit import AdminThrottle, ClientResolver, RateLimiter, rate_limit_middleware
 from .requestlog import configure_logging, request_log_middleware
 from .routes import ROUTES, STATIC

@@ -1,17 +1,8 @@
 """How ``artlens serve`` runs uvicorn: :func:`uvicorn_config`, and an h11 protocol with the limits h11 lacks.
 
-h11 has no timeout while it reads a request head and uvicorn's keep-alive timer stops at the first byte, so a
-client that sends half a head holds its connection for ever: :class:`EdgeH11Protocol` gives every head
-``header_timeout_s`` (408, or a plain close when nothing came). It caps open connections (``max_connections``:
-past it a request is answered 503 ``overloaded``; past twice that a connection is closed unread) and answers
-what h11 refuses — a head over its buffer limit (414/431), a malformed request (400) — with the service's JSON
-error where uvicorn would write plain text. The buffer limit (``h11_max_incomplete_event_size``) is set a little
-above ``max_url_bytes + max_header_bytes``, so those two limits normally answer first, from the ASGI side
-(:mod:`edge`), with exact sizes; this is the hard outer bound on what one connection may buffer.
-
-A body left unread by an answer that came first must still end within ``body_timeout_s`` of silence and
-``body_deadline_s`` in all, or the connection closes (uvicorn drops such a body but times nothing); a request
-framed both by Content-Length and chunked is answered with ``Connection: close`` (RFC 9112 6.1).
+h11 times nothing while it reads a request and uvicorn's keep-alive timer stops at the first byte, so
+:class:`EdgeH11Protocol` times request heads and unread bodies, caps open connections and answers what h11 refuses
+with the service's JSON errors (docs/service.md, "Slow and oversized requests").
 """
 
 from __future__ import annotations
@@ -32,7 +23,7 @@ if TYPE_CHECKING:
     from litestar import Litestar
     from litestar.types import Receive, Scope, Send
 
-    from .metrics import Metrics
+    from .prometheus import Metrics
     from .settings import Settings
 
 HEAD_SLACK_BYTES = 4096  # request line and header framing beyond the two limits

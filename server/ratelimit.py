@@ -1,18 +1,8 @@
 """Request rate limits and the admin-authentication throttle: fair behind a NAT, not fooled by forged headers.
 
-Who the client is (:class:`ClientResolver`): the TCP peer's address, unless that peer is a configured trusted
-proxy (``ARTLENS_TRUSTED_PROXIES``); then the right-most valid address in the one forwarding header those proxies
-set (``ARTLENS_FORWARDED_HEADER``) that is not itself a trusted proxy. Anyone else's forwarding headers are
-ignored, and so are values that are not IP addresses. IPv6 clients are keyed by their /64 (one subscriber holds
-a whole /64, so per-address keys would be free to mint).
-
-Behind one address (a museum's Wi-Fi NAT) devices are told apart by ``X-Device-Id``, a random token the app
-keeps; with ``ARTLENS_APP_KEYS`` set the token counts only with a known ``X-App-Key``. Each device has its own
-per-minute bucket, nested in the address's bucket of ``limit × ARTLENS_RATE_LIMIT_ADDRESS_FACTOR``: tokens made
-up at will never get one address more than that, and past a few times as many distinct tokens in a minute, new
-ones share one overflow bucket. Requests without a token share the address's anonymous bucket of ``limit``.
-Recognition and browsing are counted apart. Windows are fixed minutes from a key's first request; each table
-keeps at most ``MAX_KEYS`` keys, least recently used dropped first.
+The client is the TCP peer, or for a trusted proxy the right-most untrusted address of its forwarding header
+(:class:`ClientResolver`); devices behind one address are told apart by ``X-Device-Id`` in nested buckets, so
+made-up ids never buy an address more than its own bucket. The rules are in docs/service.md ("Behind a proxy").
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from artlens.recognition.burst import MAX_FRAMES
 
 from . import schemas
 from .errors import ServiceError
-from .metrics import CONTENT_TYPE
+from .prometheus import CONTENT_TYPE
 from .services import CatalogueService, IndexHolder, RecognitionService
 from .settings import Settings
 
@@ -40,9 +40,10 @@ PUBLIC = {"rate_limited": True}
 ADMIN_SECURITY = [{"ApiKey": []}]
 # Injected services (litestar dependencies named in app.py, loaded once in the lifespan).
 Holder = NamedDependency[IndexHolder]
-Recognition = NamedDependency[RecognitionService]
+RecognitionServiceDep = NamedDependency[RecognitionService]
 Catalogue = NamedDependency[CatalogueService]
 Config = NamedDependency[Settings]
+SimilarCount = Annotated[int, QueryParameter(ge=1, le=50)]  # k of the similarity routes
 _BINARY = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
 
 
@@ -161,7 +162,7 @@ def _server_timing(timings_ms: dict[str, float]) -> str:
 @post("/v1/recognize", operation_class=RecognizeOperation, status_code=200, opt=PUBLIC, tags=["recognition"],
       summary="Recognise the artwork(s) in a photo or a burst of frames")
 async def recognize(
-    request: Request, recognition: Recognition, settings: Config,
+    request: Request, recognition: RecognitionServiceDep, settings: Config,
     top_k: Annotated[int | None, QueryParameter(ge=1, le=100, description="shortlist size verified per frame")] = None,
     min_confidence: Annotated[float | None, QueryParameter(ge=0.0, le=1.0, description="threshold override")] = None,
     creator: Annotated[str | None, QueryParameter(max_length=200)] = None,
@@ -222,11 +223,8 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 @get("/v1/artworks/{object_id:str}/similar", opt=PUBLIC, tags=["artworks"], sync_to_thread=False,
      summary="Visually similar artworks (VLAD without pretrained weights, DINOv2 with them)")
-def similar_artworks(
-    catalogue: Catalogue, object_id: FromPath[str],
-    k: Annotated[int, QueryParameter(ge=1, le=50)] = 8,
-    method: FromQuery[Literal["auto", "vlad", "dinov2"]] = "auto",
-) -> schemas.SimilarResponse:
+def similar_artworks(catalogue: Catalogue, object_id: FromPath[str], k: SimilarCount = 8,
+                     method: FromQuery[Literal["auto", "vlad", "dinov2"]] = "auto") -> schemas.SimilarResponse:
     return catalogue.similar(object_id, k, method)
 
 
@@ -238,11 +236,8 @@ def artwork_segments(catalogue: Catalogue, object_id: FromPath[str]) -> schemas.
 
 @get("/v1/segments/{segment_id:str}/similar", opt=PUBLIC, tags=["segments"], sync_to_thread=True,
      summary="Segments across the collection most like this one (ids look like '<object_id>#<n>', URL-encoded)")
-def similar_segments(
-    catalogue: Catalogue, segment_id: FromPath[str],
-    k: Annotated[int, QueryParameter(ge=1, le=50)] = 8,
-    space: FromQuery[Literal["auto", "local", "dinov2"]] = "auto",
-) -> schemas.SimilarSegments:
+def similar_segments(catalogue: Catalogue, segment_id: FromPath[str], k: SimilarCount = 8,
+                     space: FromQuery[Literal["auto", "local", "dinov2"]] = "auto") -> schemas.SimilarSegments:
     return catalogue.similar_segments(segment_id, k, space)
 
 
@@ -254,7 +249,7 @@ ADDED_WITHOUT_SEGMENTS = ("this index has SAM segments but the added artwork was
 
 @post("/v1/artworks", guards=[require_api_key], operation_class=AddArtworkOperation, status_code=201,
       tags=["admin"], summary="Add an artwork (indexed incrementally, persisted as a new bundle version)")
-async def add_artwork(request: Request, holder: Holder, recognition: Recognition,
+async def add_artwork(request: Request, holder: Holder, recognition: RecognitionServiceDep,
                       settings: Config) -> schemas.AddedArtwork:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
@@ -301,7 +296,7 @@ async def add_artwork(request: Request, holder: Holder, recognition: Recognition
 
 @delete("/v1/artworks/{object_id:str}", guards=[require_api_key], status_code=200, tags=["admin"],
         security=ADMIN_SECURITY)
-async def delete_artwork(holder: Holder, recognition: Recognition,
+async def delete_artwork(holder: Holder, recognition: RecognitionServiceDep,
                          object_id: FromPath[str]) -> schemas.DeletedArtwork:
     state, segments_removed = await recognition.run_admin(holder.delete, object_id)
     return schemas.DeletedArtwork(object_id, state.version, segments_removed)
@@ -310,7 +305,7 @@ async def delete_artwork(holder: Holder, recognition: Recognition,
 @post("/v1/index/reload", guards=[require_api_key], status_code=200, tags=["admin"],
       security=ADMIN_SECURITY,
       summary="Swap to a bundle (default: the current path, re-read); a bad bundle is refused, the old one serves")
-async def reload_index(holder: Holder, recognition: Recognition,
+async def reload_index(holder: Holder, recognition: RecognitionServiceDep,
                        data: JSONBody[schemas.ReloadRequest | None] = None) -> schemas.ReloadResponse:
     previous, state = await recognition.run_admin(holder.reload, data.index if data else None)
     return schemas.ReloadResponse(state.bundle.path.name, state.version, len(state.rows), previous)
@@ -324,7 +319,7 @@ def health() -> schemas.Health:
 
 @get("/ready", tags=["operations"], sync_to_thread=False,
      summary="Readiness: model and index loaded, bundle version, pretrained flag")
-def ready(holder: Holder, recognition: Recognition, settings: Config) -> schemas.Ready:
+def ready(holder: Holder, recognition: RecognitionServiceDep, settings: Config) -> schemas.Ready:
     state = holder.state
     meta = state.bundle.meta
     return schemas.Ready(

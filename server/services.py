@@ -1,13 +1,8 @@
-"""The service layer: what routes call. Heavy objects (embedder, bundle, recognizer) are loaded once at
-start-up (the app's lifespan) and shared; routes stay thin (litestar-fullstack style).
+"""The service layer that routes call; the bundle, model and recognizer load once at start-up and are shared.
 
-- :class:`IndexHolder` owns the served index as an immutable :class:`IndexState` and swaps it atomically
-  (reload, add, delete): a request reads ``holder.state`` once and finishes on that snapshot, so a swap never
-  drops or corrupts an in-flight request. Changes are serialised by one lock.
-- :class:`RecognitionService` runs recognitions in a bounded thread pool off the event loop, admits at most
-  ``inference_threads + max_queue`` at once (then 503 + Retry-After), and optionally micro-batches the ONNX
-  forwards of concurrent photos.
-- :class:`CatalogueService`: browsing, reference-image renditions (ETag'd, cached), visual similarity.
+:class:`IndexHolder` swaps the served :class:`IndexState` atomically (a request finishes on the snapshot it read);
+:class:`RecognitionService` runs recognitions in a bounded thread pool (then 503 + Retry-After), micro-batching
+their ONNX forwards; :class:`CatalogueService` serves browsing, renditions and similarity.
 """
 
 from __future__ import annotations
@@ -30,21 +25,22 @@ from pathlib import Path
 import numpy as np
 
 from artlens.embedder import Embedder
-from artlens.errors import ArtlensError, BundleError, ModelError
+from artlens.errors import ArtlensError, BundleError, ModelError, artwork_row
 from artlens.imaging import DecodeBudget, DecodeBusy, release_memory
-from artlens.indexing import incremental, renditions
-from artlens.indexing.bundle import Bundle, load_bundle
+from artlens.indexing import incremental
 from artlens.indexing.collection import fetch_bytes
-from artlens.indexing.vector_index import search
+from artlens.indexing.store import renditions, vlad
+from artlens.indexing.store.bundle import Bundle, load_bundle
+from artlens.indexing.store.vectors import search
 from artlens.recognition.batching import MicroBatcher
 from artlens.recognition.burst import recognize_burst
 from artlens.recognition.filters import allowed_rows
 from artlens.recognition.recognizer import Recognizer
-from artlens.verification import vlad_split_index
+from artlens.recognition.settings import RecognitionSettings
 
 from . import schemas
 from .errors import Overloaded, ServiceError
-from .metrics import Metrics
+from .prometheus import Metrics
 from .settings import Settings
 
 log = logging.getLogger("artlens.server")
@@ -66,9 +62,8 @@ class IndexState:
         return incremental.bundle_version(self.bundle)
 
     @property
-    def shortlist(self) -> str:
-        mode = self.recognizer.config["shortlist"]
-        return ("fused" if self.recognizer.embedder.info.pretrained else "local") if mode == "auto" else mode
+    def settings(self) -> RecognitionSettings:
+        return self.recognizer.settings
 
     @functools.cached_property
     def bundle_id(self) -> str:
@@ -77,14 +72,10 @@ class IndexState:
         return hashlib.sha256(checksums).hexdigest()[:16]
 
     def model_info(self) -> schemas.ModelInfo:
-        return schemas.ModelInfo.from_summary(self.recognizer.model_summary, self.shortlist)
+        return schemas.ModelInfo.from_summary(self.recognizer.model_summary, self.settings.shortlist)
 
     def row(self, object_id: str) -> int:
-        row = self.rows.get(object_id)
-        if row is None:
-            shown = object_id if len(object_id) <= 80 else object_id[:80] + "…"
-            raise ServiceError("artwork_not_found", f"no artwork with id {shown!r} in this index", 404)
-        return row
+        return artwork_row(self.rows, object_id)
 
 
 class IndexHolder:
@@ -97,7 +88,7 @@ class IndexHolder:
         self.decode_budget = DecodeBudget(settings.max_inflight_pixels)
         self.state = self._load(load_bundle(settings.index))
         log.info("serving %s (version %d, %d artworks, pretrained: %s)", self.state.bundle.path,
-                 self.state.version, len(self.state.rows), self.state.recognizer.embedder.info.pretrained)
+                 self.state.version, len(self.state.rows), self.state.settings.pretrained)
 
     def _embedder_for(self, bundle: Bundle) -> Embedder:
         """The running embedder when the bundle was built with the same model, else that bundle's model."""
@@ -347,30 +338,28 @@ class CatalogueService:
 
     def similar_segments(self, segment_id: str, count: int, space: str) -> schemas.SimilarSegments:
         state = self.holder.state
-        search_ = self._segments(state)
-        hits = search_.similar_segments(segment_id, count, space=space, with_polygons=True)
+        segment_search = self._segments(state)
+        hits = segment_search.similar_segments(segment_id, count, space=space, with_polygons=True)
         arts = state.bundle.artworks
-        pretrained = state.recognizer.embedder.info.pretrained
-        used = ("dinov2" if pretrained else "local") if space == "auto" else space
-        return schemas.SimilarSegments(segment_id, used, pretrained, [
+        used = segment_search.settings.resolve_space(space)
+        return schemas.SimilarSegments(segment_id, used, state.settings.pretrained, [
             schemas.SimilarSegment.from_hit(h, [int(arts[state.rows[h.object_id]]["width"]),
                                                 int(arts[state.rows[h.object_id]]["height"])]) for h in hits])
 
     def similar(self, object_id: str, count: int, method: str) -> schemas.SimilarResponse:
-        """Nearest artworks to ``object_id`` by VLAD (weight-free) or DINOv2 vectors; "auto" picks the one that
-        carries meaning: DINOv2 only with pretrained weights (random-init similarity is chance level)."""
+        """Nearest artworks to ``object_id`` by VLAD (weight-free) or DINOv2 vectors ("auto": the recognition
+        settings' similar_method)."""
         state = self.holder.state
         bundle = state.bundle
         row = state.row(object_id)
-        pretrained = state.recognizer.embedder.info.pretrained
-        if method == "auto":
-            method = "dinov2" if pretrained else "vlad"
+        method = state.settings.resolve_similar_method(method)
         if method == "vlad":  # the compact VLAD vectors (the index may carry a PCA projection in front)
-            _, index = vlad_split_index(bundle.local_index, len(bundle.vocabulary))
+            _, index = vlad.split_index(bundle.local_index, len(bundle.vocabulary))
             vector = index.reconstruct(row)
         else:
             index, vector = bundle.index, np.asarray(bundle.embeddings[row], dtype=np.float32)
         scores, ids = search(index, vector[None], count + 1)
         results = [schemas.SimilarArtwork(schemas.Artwork.from_row(bundle.artworks[int(i)]), round(float(s), 5))
                    for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and int(i) != row][:count]
-        return schemas.SimilarResponse(object_id=object_id, method=method, pretrained=pretrained, results=results)
+        return schemas.SimilarResponse(object_id=object_id, method=method, pretrained=state.settings.pretrained,
+                                       results=results)

@@ -13,6 +13,7 @@ import msgspec
 
 from artlens.errors import ArtlensError
 from artlens.imaging import DECODE_PIXEL_CAP
+from artlens.recognition.settings import DEFAULT_TOP_K
 
 
 class SettingsError(ArtlensError):
@@ -57,7 +58,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # decoding scale, WebP 4× its pixels); a decode that would exceed it → 503 + Retry-After. ~4 bytes each.
     max_inflight_pixels: int = 100_000_000
     max_frames: int = 5  # images per burst
-    default_top_k: int = 20
+    default_top_k: int = DEFAULT_TOP_K  # shortlist verified per frame when a request gives no top_k
     rendition_sizes: list[int] = msgspec.field(default_factory=lambda: [128, 256, 512, 1024])
     rendition_cache: int = 256  # encoded renditions kept in memory
     log_level: str = "INFO"

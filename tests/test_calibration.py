@@ -1,8 +1,15 @@
-"""Calibration maths: a logistic fit that orders evidence sensibly, and a threshold that honours the FPR target."""
+"""Calibration maths: a logistic fit that orders evidence sensibly, and a threshold that honours the FPR target;
+and the one builder of calibrated bundles."""
 
 import numpy as np
+import pytest
 
-from artlens.recognition.calibration import MIN_THRESHOLD, Calibration, choose_threshold, fit
+from artlens.calibration.calibrate import build_calibrated_bundle
+from artlens.calibration.fit import MIN_THRESHOLD, choose_threshold, fit_logistic
+from artlens.errors import BundleError
+from artlens.recognition.confidence import Calibration
+
+from .conftest import SMVS, needs_shared, write_collection
 
 
 def test_fit_orders_evidence_and_stays_finite_on_separable_data():
@@ -11,7 +18,7 @@ def test_fit_orders_evidence_and_stays_finite_on_separable_data():
     neg = np.column_stack([np.log1p(rng.integers(0, 8, 800)), rng.uniform(0.5, 1.0, 800)])
     X = np.vstack([pos, neg])
     y = np.r_[np.ones(200), np.zeros(800)]
-    w, b, mean, scale = fit(X, y)
+    w, b, mean, scale = fit_logistic(X, y)
     assert np.all(np.isfinite(w)) and w[0] > 0  # more inliers, more confidence
     cal = Calibration(w, b, mean, scale, 0.5, {})
     conf = cal.confidence(X)
@@ -35,3 +42,18 @@ def test_calibration_on_a_subset_of_features():
     rows = np.array([[0.0, 0.9], [3.0, 0.1]])
     assert cal.confidence(rows)[0] < 0.5 < cal.confidence(rows)[1]  # similarity column ignored
     assert Calibration.from_json(cal.to_json()).features == ("log_inliers",)
+
+
+@needs_shared
+def test_a_bundle_that_cannot_be_calibrated_is_named_by_its_destination(tmp_path, tiny_model):
+    rows = [{"object_id": "only", "image": str(SMVS / "reference" / "001.jpg")}]
+    out = tmp_path / "bundle"
+    stages = []
+    with pytest.raises(BundleError) as failure:
+        build_calibrated_bundle(tiny_model, write_collection(tmp_path / "c.csv", rows), out,
+                                calibration={"synthetic_photos": 1},
+                                progress=lambda stage, done, total: stages.append(stage))
+    message = str(failure.value)
+    assert message.startswith(f"{out}: cannot calibrate") and ".bundle.building-" not in message
+    assert "calibration" in stages and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.csv"]  # the staging directory is gone too

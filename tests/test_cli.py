@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,44 @@ def test_eval_report(smvs_bundle, queries_csv, tmp_path):
     assert answers == {"001": ["smvs-001"], "007": ["smvs-007"], "015": ["smvs-015"],
                        "landmark-001": [], "landmark-003": []}
     assert "precision_at_1" in result.stdout and "pretrained: false" in result.stdout
+
+
+def test_eval_of_a_dataset_folder_builds_its_bundle_once(tiny_model, smvs_collection, queries_csv, tmp_path):
+    """`eval --dataset FOLDER`: the bundle is built (and calibrated) under --work the first time, reused after."""
+    from artlens.eval.run_eval import EvalConf, EvalHooks, main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "collection.csv").write_text(smvs_collection.read_text())
+    (folder / "queries.csv").write_text(queries_csv.read_text())
+    work = tmp_path / "work"
+    refused = run("eval", "--dataset", folder, "--severity", "real", "--work", work)
+    assert refused.exit_code == 2 and "--dataset without --index needs --model DIR" in refused.stderr
+    report_path = tmp_path / "report.json"
+    result = run("eval", "--dataset", folder, "--severity", "real", "--work", work, "--model", tiny_model,
+                 "--json", report_path)
+    assert result.exit_code == 0, result.output
+    bundle = work / "mine" / f"bundle-{tiny_model.name}"
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["calibration"]["threshold"] > 0 and "simulated" in meta["calibration"]["info"]["source"]
+    report = json.loads(report_path.read_text())
+    assert report["bundle"] == str(bundle) and report["n_queries"] == 5 and report["n_errors"] == 0
+    assert "real:" in squeeze(result.stdout) and "precision_at_1" in result.stdout
+
+    phases, labels = [], []
+
+    @contextmanager
+    def phase(description):
+        phases.append(description)
+        yield lambda *args: None
+
+    built = (bundle / "bundle.json").stat().st_mtime_ns
+    written = main(EvalConf(dataset=str(folder), severity="real", work=work, model=tiny_model,
+                            report_dir=tmp_path / "report"),
+                   EvalHooks(phase=phase, report_ready=lambda label, report: labels.append(label)))
+    assert phases == ["preparing " + str(folder), "real"] and labels == ["real"]  # no second build
+    assert (bundle / "bundle.json").stat().st_mtime_ns == built
+    assert written == tmp_path / "report" / "report.json" and json.loads(written.read_text())["title"] == "mine"
 
 
 def test_bench_report(smvs_bundle, queries_csv, tmp_path):

@@ -7,7 +7,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from artlens.indexing.build import build_bundle
-from artlens.indexing.bundle import load_bundle
+from artlens.indexing.store.bundle import load_bundle
 
 from .conftest import SMVS, needs_shared, write_collection
 

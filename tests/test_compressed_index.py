@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from artlens.cli import app
-from artlens.indexing.compressed_index import build_compressed_index, recall_at, search
+from artlens.indexing.compressed_index import build_compressed_index, recall_at
+from artlens.indexing.store.vectors import search_compressed
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_small_sets_are_exact(data):
     vectors, queries = data
     index, desc = build_compressed_index(vectors[:500], {"exact_below": 1000})
     assert desc["exact"] and desc["type"] == "IndexFlatIP" and desc["count"] == 500
-    scores, ids = search(index, queries, 10, desc)
+    scores, ids = search_compressed(index, queries, 10, desc)
     ref_scores, ref_ids = _truth(vectors[:500], queries)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
@@ -54,7 +55,7 @@ def test_compressed_index_records_its_settings_and_finds_neighbours(data, compre
     assert desc["nlist"] == 128 and 1 <= desc["nprobe"] <= desc["nlist"]
     assert desc["target_met"] == (desc["tuned_recall_10at10"] >= desc["target_recall_10at10"] == 0.95)
     assert desc["tuned_recall_10at10"] >= 0.9
-    _, ids = search(index, queries, 10, desc)
+    _, ids = search_compressed(index, queries, 10, desc)
     recall = recall_at(_truth(vectors, queries)[1], ids)  # held-out queries, not the tuning sample
     assert recall["10-recall@10"] >= 0.85 and recall["1-recall@10"] >= 0.97
 
@@ -62,14 +63,14 @@ def test_compressed_index_records_its_settings_and_finds_neighbours(data, compre
 def test_settings_round_trip_through_faiss_serialisation(data, compressed):
     _, queries = data
     index, desc = compressed
-    scores, ids = search(index, queries, 10, desc)
+    scores, ids = search_compressed(index, queries, 10, desc)
     again = faiss.deserialize_index(faiss.serialize_index(index))
     assert faiss.extract_index_ivf(again).nprobe == desc["nprobe"]
     scores2, ids2 = again.search(queries, 10)  # no parameters applied: the stored ones hold
     np.testing.assert_array_equal(ids, ids2)
     np.testing.assert_allclose(scores, scores2)
     faiss.extract_index_ivf(again).nprobe = 1
-    search(again, queries, 10, desc)  # the recorded value is applied again
+    search_compressed(again, queries, 10, desc)  # the recorded value is applied again
     assert faiss.extract_index_ivf(again).nprobe == desc["nprobe"]
 
 
@@ -109,7 +110,7 @@ def test_exact_rerank_from_memory_mapped_vectors(data, compressed, tmp_path):
     index, desc = compressed
     np.save(tmp_path / "v.npy", vectors)
     on_disk = np.load(tmp_path / "v.npy", mmap_mode="r")
-    scores, ids = search(index, queries, 10, desc, rerank=on_disk, rerank_k=100)
+    scores, ids = search_compressed(index, queries, 10, desc, rerank=on_disk, rerank_k=100)
     ref_scores, ref_ids = _truth(vectors, queries)
     assert recall_at(ref_ids, ids)["10-recall@10"] >= 0.99
     np.testing.assert_allclose(scores[:, 0], ref_scores[:, 0], rtol=1e-5)  # exact scores, not code estimates
@@ -118,7 +119,7 @@ def test_exact_rerank_from_memory_mapped_vectors(data, compressed, tmp_path):
 def test_segment_index_is_compressed_above_the_threshold(data):
     """The bundle's segment index goes through the compressed builder: exact for small collections, compressed
     (with its settings recorded) above ``exact_below``; re-ranking from the float vectors restores the order."""
-    from artlens.indexing.segments import segment_vector_index
+    from artlens.indexing.segment_collection import segment_vector_index
 
     vectors, queries = data
     small, small_desc = segment_vector_index(vectors[:500], {"exact_below": 1000})
@@ -126,5 +127,5 @@ def test_segment_index_is_compressed_above_the_threshold(data):
     index, desc = segment_vector_index(vectors, {"exact_below": 1000, "tune_queries": 200})
     assert not desc["exact"] and desc["recipe"] == "pca88-ivf-sq8" and "nprobe" in desc
     _, truth = _truth(vectors, queries)
-    _, found = search(index, queries, 10, desc, rerank=vectors, rerank_k=100)
+    _, found = search_compressed(index, queries, 10, desc, rerank=vectors, rerank_k=100)
     assert recall_at(truth, found)["10-recall@10"] >= 0.95

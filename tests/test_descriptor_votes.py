@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from artlens.indexing.bundle import load_bundle
-from artlens.indexing.descriptor_votes import descriptor_owner, vote_ranking, vote_scores
+from artlens.indexing.store.bundle import load_bundle
+from artlens.indexing.store.votes import descriptor_owner, vote_ranking, vote_scores
 from artlens.recognition.recognizer import Recognizer, _alternate
 
 from .conftest import SMVS, SMVS_SUBSET, needs_shared, write_collection
@@ -114,7 +114,8 @@ def test_a_vote_index_that_does_not_match_the_features_is_refused(smvs_bundle, t
     import faiss
 
     from artlens.errors import BundleError
-    from artlens.indexing.bundle import VOTES_FILE, read_meta, write_meta
+    from artlens.indexing.bundle_writer import write_meta
+    from artlens.indexing.store.bundle import VOTES_FILE, read_meta
 
     work = tmp_path / "bundle"
     shutil.copytree(smvs_bundle, work)

@@ -296,7 +296,7 @@ def test_failed_parity_keeps_the_previous_export(tmp_path):
 def test_cli_exports_and_warns_about_random_init(tmp_path):
     from typer.testing import CliRunner
 
-    from artlens.export.cli import export_app
+    from artlens.cli.export import export_app
 
     result = CliRunner().invoke(export_app, ["dinov2", "--model", TINY, "--random-init", "--out",
                                              str(tmp_path / "m"), "--pooling", "cls", "--geometry", "aspect"])
@@ -309,7 +309,7 @@ def test_cli_exports_and_warns_about_random_init(tmp_path):
 def test_cli_error_is_one_red_line_and_exit_2(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from artlens.export.cli import export_app
+    from artlens.cli.export import export_app
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = CliRunner().invoke(export_app, ["dinov2", "--model", str(tmp_path / "nope"), "--out",
@@ -321,6 +321,6 @@ def test_cli_error_is_one_red_line_and_exit_2(tmp_path, monkeypatch):
 
 def test_cli_module_does_not_import_torch():
     # `artlens --help` and the runtime install must not pay for (or need) torch/transformers
-    code = ("import sys, artlens.export.cli; "
+    code = ("import sys, artlens.cli.export; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

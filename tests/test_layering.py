@@ -1,7 +1,8 @@
 """Import rules between the pipeline stages, checked on the source with ``ast`` (nothing is imported).
 
-export → indexing → recognition → server; eval may use everything but the server; verification is pure array
-code every stage may use; the ``artlens`` base modules (errors, imaging, embedder) are shared by all.
+export → indexing → recognition → calibration, and recognition → server (never calibration); eval may use
+everything but the server; verification is pure array code every stage may use; the ``artlens`` base modules
+(errors, imaging, embedder) are shared by all.
 Only export may use PyTorch/transformers, and even it loads them lazily (``artlens --help`` without the extra).
 """
 
@@ -20,9 +21,9 @@ from .conftest import REPO
 # Folder in the repository → the package it installs as (pyproject.toml [tool.setuptools.package-dir]).
 PACKAGES = {"artlens": "artlens", "export": "artlens.export", "indexing": "artlens.indexing",
             "recognition": "artlens.recognition", "verification": "artlens.verification",
-            "server": "artlens.server", "eval": "artlens.eval"}
-BASE = {"artlens", "artlens.errors", "artlens.hashing", "artlens.imaging", "artlens.embedder"}
-STAGES = {"verification", "export", "indexing", "recognition", "eval", "server"}
+            "calibration": "artlens.calibration", "server": "artlens.server", "eval": "artlens.eval"}
+BASE = {"artlens", "artlens.errors", "artlens.hashing", "artlens.imaging", "artlens.embedder", "artlens.files"}
+STAGES = {"verification", "export", "indexing", "recognition", "calibration", "eval", "server"}
 HEAVY = {"torch", "transformers"}
 
 # Stage → the other artlens stages it may import from (itself and the base modules always allowed).
@@ -31,8 +32,9 @@ ALLOWED = {
     "export": set(),
     "indexing": {"verification"},
     "recognition": {"verification", "indexing"},
+    "calibration": {"verification", "indexing", "recognition"},
     "server": {"verification", "indexing", "recognition"},
-    "eval": {"verification", "export", "indexing", "recognition"},  # in fact anything but the server
+    "eval": {"verification", "export", "indexing", "recognition", "calibration"},  # in fact anything but the server
 }
 
 
@@ -55,10 +57,10 @@ class Source:
 
 
 def _module_name(path: Path) -> tuple[str, str]:
-    folder = path.relative_to(REPO).parts[0]
-    package = PACKAGES[folder]
-    name = package if path.name == "__init__.py" else f"{package}.{path.stem}"
-    return name, ("base" if folder == "artlens" else folder)
+    folder, *inner = path.relative_to(REPO).with_suffix("").parts
+    if inner[-1] == "__init__":
+        inner.pop()
+    return ".".join([PACKAGES[folder], *inner]), ("base" if folder == "artlens" else folder)
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -67,7 +69,9 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(tree: ast.Module, module: str, is_package: bool) -> list[Import]:
+def _imports(tree: ast.Module, module: str, is_package: bool, modules: frozenset[str] = frozenset()) -> list[Import]:
+    """``modules``: every module of ours, so that ``from artlens.indexing import incremental`` is seen as an import
+    of ``artlens.indexing.incremental`` too."""
     package = module if is_package else module.rpartition(".")[0]
     found: list[Import] = []
 
@@ -85,6 +89,9 @@ def _imports(tree: ast.Module, module: str, is_package: bool) -> list[Import]:
                 if child.module is None or child.level:
                     # `from . import bundle`: each name may be a submodule; record both forms.
                     found.extend(Import(f"{target}.{alias.name}", child.lineno, top_level) for alias in child.names)
+                else:
+                    found.extend(Import(f"{target}.{alias.name}", child.lineno, top_level) for alias in child.names
+                                 if f"{target}.{alias.name}" in modules)
                 found.append(Import(target, child.lineno, top_level))
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
                 visit(child, False)
@@ -101,12 +108,14 @@ def _imports(tree: ast.Module, module: str, is_package: bool) -> list[Import]:
 
 
 def _sources() -> list[Source]:
+    paths = [path for folder in PACKAGES for path in sorted((REPO / folder).rglob("*.py"))]
+    modules = frozenset(_module_name(path)[0] for path in paths)
     sources = []
-    for folder in PACKAGES:
-        for path in sorted((REPO / folder).rglob("*.py")):
-            module, stage = _module_name(path)
-            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-            sources.append(Source(path, module, stage, tuple(_imports(tree, module, path.name == "__init__.py"))))
+    for path in paths:
+        module, stage = _module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        imports = _imports(tree, module, path.name == "__init__.py", modules)
+        sources.append(Source(path, module, stage, tuple(imports)))
     return sources
 
 
@@ -139,11 +148,20 @@ def test_the_scan_sees_the_imports():
     """Guard against a vacuous pass: known imports are found and relative imports resolved."""
     by_module = {s.module: s for s in SOURCES}
     build = {i.module for i in by_module["artlens.indexing.build"].imports}
-    assert {"artlens.verification", "artlens.embedder", "artlens.indexing.bundle", "cv2"} <= build
+    assert {"artlens.verification", "artlens.embedder", "artlens.indexing.bundle_writer",
+            "artlens.indexing.store.bundle", "artlens.indexing.store.vlad", "cv2"} <= build
     recognizer = {i.module for i in by_module["artlens.recognition.recognizer"].imports}
-    assert {"artlens.indexing.bundle", "artlens.recognition.calibration"} <= recognizer
-    cli = by_module["artlens.cli"].imports
-    assert any(i.module == "artlens.indexing.build" and not i.top_level for i in cli)  # lazy, inside a command
+    assert {"artlens.indexing.store.bundle", "artlens.indexing.store.vlad",
+            "artlens.recognition.confidence"} <= recognizer
+    services = {i.module for i in by_module["artlens.server.services"].imports}
+    assert {"artlens.indexing.incremental", "artlens.indexing.store.renditions"} <= services  # `from pkg import mod`
+    store_bundle = {i.module for i in by_module["artlens.indexing.store.bundle"].imports}
+    assert "artlens.indexing.store.segments" in store_bundle  # relative, inside the subpackage
+    calibrate = {i.module for i in by_module["artlens.calibration.calibrate"].imports}
+    assert {"artlens.indexing.build", "artlens.recognition.recognizer", "artlens.calibration.fit"} <= calibrate
+    cli = by_module["artlens.cli.index"].imports
+    assert any(i.module == "artlens.calibration.calibrate" and not i.top_level for i in cli)  # lazy, in a command
+    assert {"artlens.cli.common", "artlens.cli.index"} <= {i.module for i in by_module["artlens.cli"].imports}
     assert {"artlens.export.dinov2", "artlens.export.graph"} <= {s.module for s in SOURCES}
 
 
@@ -161,11 +179,20 @@ def test_base_modules_import_only_each_other():
         assert not bad, f"{src}: base modules may import only {sorted(BASE)}: {bad}"
 
 
+def _is_cli(module: str) -> bool:
+    return module == "artlens.cli" or module.startswith("artlens.cli.")
+
+
 def test_cli_imports_stages_lazily():
-    """`artlens --help` loads no stage: the commands import what they need when they run."""
-    cli = next(s for s in SOURCES if s.module == "artlens.cli")
-    eager = [i for i in _ours(cli) if i.top_level and i.module not in BASE]
-    assert not eager, f"{cli}: module-level imports of stages: {eager}"
+    """`artlens --help` loads no stage: the commands import what they need when they run. The one exception is
+    the export command group, whose options take their choices and defaults from the export stage's torch-free
+    modules (test_export_package_and_cli_load_torch_lazily)."""
+    cli = [s for s in SOURCES if _is_cli(s.module)]
+    assert len(cli) >= 10, [s.module for s in cli]
+    for src in cli:
+        eager = [i for i in _ours(src) if i.top_level and i.module not in BASE and not _is_cli(i.module)
+                 and not (src.module == "artlens.cli.export" and i.module.startswith("artlens.export."))]
+        assert not eager, f"{src}: module-level imports of stages: {eager}"
 
 
 @pytest.mark.parametrize("stage", sorted(ALLOWED))
@@ -175,12 +202,56 @@ def test_stage_imports_follow_the_pipeline(stage):
         for imp in _ours(src):
             target = _stage_of(imp.module)
             if stage == "export":
-                ok = target == "export" or imp.module in {"artlens.errors", "artlens.hashing"}  # light, no numpy
+                ok = target == "export" or imp.module in {"artlens.errors", "artlens.hashing", "artlens.files"}  # light
             elif stage == "eval":
                 ok = target != "server"
             else:
                 ok = target == "base" or target in allowed
             assert ok, f"{src}:{imp.line}: {stage} must not import {imp.module}"
+
+
+# What the online stages may use of indexing: the index store (the read/search side of a bundle); the server also
+# the admin changes and the object-id rules. Builders (build, SAM, training, bundle writing) stay offline.
+INDEXING_FOR = {
+    "recognition": ("artlens.indexing.store",),
+    "server": ("artlens.indexing.store", "artlens.indexing.incremental", "artlens.indexing.collection"),
+}
+STORE = "artlens.indexing.store"
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _builder_imports(src: Source, allowed: tuple[str, ...]) -> list[Import]:
+    """Imports of ``src`` from indexing outside ``allowed`` (the bare package, whose names are recorded as their
+    own imports, does not count)."""
+    return [i for i in _ours(src) if _stage_of(i.module) == "indexing" and i.module != "artlens.indexing"
+            and not _within(i.module, allowed)]
+
+
+@pytest.mark.parametrize("stage", sorted(INDEXING_FOR))
+def test_online_stages_use_only_the_index_store(stage):
+    for src in _by_stage(stage):
+        bad = _builder_imports(src, INDEXING_FOR[stage])
+        assert not bad, f"{src}: {stage} may import from indexing only {INDEXING_FOR[stage]}: {bad}"
+
+
+def test_the_rule_catches_a_builder_import():
+    """Guard against a vacuous pass of the rule above."""
+    fake = Source(REPO / "recognition" / "x.py", "artlens.recognition.x", "recognition",
+                  (Import("artlens.indexing", 1, True), Import("artlens.indexing.build", 1, True),
+                   Import("artlens.indexing.store.bundle", 2, True)))
+    assert [i.module for i in _builder_imports(fake, INDEXING_FOR["recognition"])] == ["artlens.indexing.build"]
+
+
+def test_the_index_store_imports_only_base_and_verification():
+    store = [s for s in SOURCES if _within(s.module, (STORE,))]
+    assert {f"{STORE}.bundle", f"{STORE}.vlad", f"{STORE}.vectors"} <= {s.module for s in store}
+    for src in store:
+        bad = [i for i in _ours(src) if _stage_of(i.module) not in {"base", "verification"}
+               and not _within(i.module, (STORE,))]
+        assert not bad, f"{src}: the index store must not import builders or later stages: {bad}"
 
 
 def test_indexing_never_touches_torch_or_export():
@@ -198,8 +269,10 @@ def test_only_export_imports_torch_or_transformers_at_module_level():
 
 
 def test_export_package_and_cli_load_torch_lazily():
-    """The modules `artlens` mounts (export/__init__.py, export/cli.py, dinov2.py) must import without torch."""
-    for name in ("artlens.export", "artlens.export.cli", "artlens.export.dinov2", "artlens.export.errors"):
+    """The modules `artlens` mounts (export/__init__.py, artlens/cli/export.py, dinov2.py, sam.py) must import
+    without torch."""
+    for name in ("artlens.export", "artlens.cli.export", "artlens.export.dinov2", "artlens.export.sam",
+                 "artlens.export.errors"):
         src = next(s for s in SOURCES if s.module == name)
         bad = [i for i in src.imports if i.top_level and i.module.split(".")[0] in HEAVY | {"onnx"}]
         eager_graph = [i for i in src.imports if i.top_level and i.module in {"artlens.export.graph",
@@ -210,7 +283,7 @@ def test_export_package_and_cli_load_torch_lazily():
 
 # Evaluation-time photo simulation (kornia on PyTorch tensors) is the one use of torch outside export: it lives in
 # this module only, and imports it inside functions. Recognition, indexing and serving never need torch; the
-# build-time calibration keeps recognition/calibrate.py's cv2 simulator for that reason.
+# build-time calibration keeps calibration/photos.py's cv2 simulator for that reason.
 TORCH_IN_EVAL = {"artlens.eval.visitor"}
 
 
@@ -227,7 +300,8 @@ def test_torch_and_kornia_only_in_export_and_the_eval_simulator():
 def test_runtime_import_loads_no_torch():
     """What the AST promises, checked once for real: the online path starts without PyTorch."""
     code = ("import sys, artlens.cli, artlens.indexing.build, artlens.recognition.recognizer, artlens.eval.evaluate,"
-            " artlens.eval.bench, artlens.eval.visitor, artlens.eval.registry, artlens.eval.report, artlens.export; "
+            " artlens.calibration.calibrate, artlens.eval.bench, artlens.eval.visitor, artlens.eval.registry,"
+            " artlens.eval.report, artlens.export; "
             "heavy = sorted(m for m in ('torch', 'transformers', 'onnx', 'kornia') if m in sys.modules); "
             "print(','.join(heavy)); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -2,8 +2,7 @@
 
 import pytest
 
-from artlens.indexing.build import build_bundle
-from artlens.recognition.calibrate import calibrate_bundle
+from artlens.calibration.calibrate import build_calibrated_bundle
 from artlens.recognition.recognizer import Recognizer
 
 from .conftest import ESTENSE, SMVS, needs_shared, write_collection
@@ -39,7 +38,7 @@ def test_top_k_bounds_the_shortlist(recognizer):
     analysis = recognizer.analyse(SMVS / "query" / "003.jpg", top_k=3)
     assert len(analysis.candidates) == 3
     assert [c.rank for c in analysis.candidates] == [1, 2, 3]
-    assert recognizer.decide(analysis, top_k=3).top_k == 3
+    assert analysis.top_k == 3 and recognizer.decide(analysis).top_k == 3
 
 
 def test_min_confidence_override(recognizer):
@@ -55,8 +54,7 @@ def estense_bundle(tmp_path_factory, tiny_model):
     rows = [{"object_id": f"estense-{n}", "image": str(ESTENSE / "reference" / f"{n}.png")} for n in ids]
     csv_path = write_collection(tmp_path_factory.mktemp("estense") / "collection.csv", rows)
     out = tmp_path_factory.mktemp("bundles") / "estense"
-    build_bundle(tiny_model, csv_path, out,
-                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 7}))
+    build_calibrated_bundle(tiny_model, csv_path, out, calibration={"synthetic_photos": 7})
     return out
 
 
@@ -75,24 +73,24 @@ def test_identical_references_do_not_answer_twice(tmp_path, tiny_model):
     rows = [{"object_id": "print-a", "image": image}, {"object_id": "print-b", "image": image},
             {"object_id": "other", "image": str(SMVS / "reference" / "020.jpg")}]
     csv_path = write_collection(tmp_path / "c.csv", rows)
-    build_bundle(tiny_model, csv_path, tmp_path / "b",
-                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 3}))
+    build_calibrated_bundle(tiny_model, csv_path, tmp_path / "b", calibration={"synthetic_photos": 3})
     result = Recognizer(tmp_path / "b").recognize(SMVS / "query" / "001.jpg")
     # One region of the photo is one artwork: the second, overlapping outline is dropped.
     assert [m.object_id for m in result.matches] in (["print-a"], ["print-b"])
 
 
 def test_cli_prints_titles_with_brackets_verbatim(smvs_bundle, capsys):
-    from artlens import cli
+    from artlens.cli.common import json_line
+    from artlens.cli.recognize import print_result
 
     rec = Recognizer(smvs_bundle)  # a fresh copy: its metadata may be edited without touching other tests
     row = next(i for i, a in enumerate(rec.bundle.artworks) if a["object_id"] == "smvs-001")
     rec.bundle.artworks[row]["metadata"]["title"] = "[bold]Study[/bold] [untitled]"
     result = rec.recognize(SMVS / "query" / "001.jpg")
-    cli._print_result("visitor [1].jpg", result)
+    print_result("visitor [1].jpg", result)
     printed = capsys.readouterr().out
     assert "[bold]Study[/bold] [untitled]" in printed and "visitor [1].jpg" in printed
-    cli._json_line({"title": "[untitled]"})
+    json_line({"title": "[untitled]"})
     assert capsys.readouterr().out == '{"title": "[untitled]"}\n'
 
 

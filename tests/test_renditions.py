@@ -14,8 +14,8 @@ from PIL import Image
 
 from artlens.errors import BundleError
 from artlens.hashing import file_sha256
-from artlens.indexing.bundle import load_bundle, read_meta
 from artlens.indexing.renditions import RENDITION_SIDE
+from artlens.indexing.store.bundle import load_bundle, read_meta
 
 from .bundlekit import GONE, without_renditions, without_sources
 from .conftest import SMVS, needs_shared

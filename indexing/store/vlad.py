@@ -1,14 +1,8 @@
-"""VLAD: local descriptors aggregated into one vector (Jégou et al. 2010), a shortlist that needs no weights.
+"""VLAD: local descriptors aggregated into one vector (Jégou et al. 2010), the shortlist that needs no weights.
 
-The visual vocabulary is learnt per bundle by k-means on the references' own descriptors. Residuals are
-power-normalised and intra-normalised (Arandjelović & Zisserman, "All about VLAD"), then L2-normalised, so
-inner product ranks references by how much of their local appearance a photo shares.
-
-The raw VLAD (words × 128 = 16k dims) is then reduced by PCA with whitening and L2-normalised again (Jégou & Chum,
-"Negative evidences and co-occurrences in image retrieval", ECCV 2012): whitening down-weights the directions
-that bursty, frequent structures (frame edges, canvas texture) dominate, and the compact vector (``compact``)
-is 128× smaller. The PCA is learnt per bundle on the references' VLADs of the whole image and of overlapping
-regions (the regions :func:`regions` gives queries too), so there are several samples per artwork.
+Residuals to the bundle's visual words are power- and intra-normalised, then L2-normalised; a learnt
+PCA-whitening (``Projection``) reduces them to the compact vectors the bundle's VLAD index holds. The training
+of both (vocabulary, projection) is a builder: indexing/vocabulary.py. Why and what it measures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,16 +12,6 @@ from functools import cached_property
 
 import faiss
 import numpy as np
-
-DEFAULT_CONFIG: dict = {
-    "words": 128,  # SMVS shortlist recall@10: 0.67 (16), 0.78 (64), 0.85 (128) — docs/benchmarks.md
-    "train_sample": 200_000,
-    "iterations": 20,
-    "seed": 1,
-    # PCA-whitened compact VLAD (0 keeps the raw VLAD): SMVS/Estense/Met shortlist recall in docs/benchmarks.md.
-    "pca_dims": 128,
-    "whiten_power": 0.5,  # eigenvalue^-power: 0.5 is full whitening, 0 plain PCA
-}
 
 # Regions of an image whose VLADs the shortlist uses besides the whole one: 4 overlapping quadrants of 60 % and the
 # centre (x0, y0, x1, y1 as fractions). A painting that fills a small part of a gallery-wall photo dominates one.
@@ -51,19 +35,6 @@ class Projection:
         """The matrix as one [D, dims] block per visual word, float32 [words, D, dims] (see :func:`compact`)."""
         dims, dim = self.matrix.shape
         return np.ascontiguousarray(self.matrix.reshape(dims, self.words, dim // self.words).transpose(1, 2, 0))
-
-
-def train_vocabulary(descriptors: np.ndarray, config: dict | None = None) -> np.ndarray:
-    """k-means centroids float32 [words, D] from matching-space descriptors."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
-    data = np.ascontiguousarray(descriptors, dtype=np.float32)
-    if len(data) > cfg["train_sample"]:
-        pick = np.random.default_rng(cfg["seed"]).choice(len(data), cfg["train_sample"], replace=False)
-        data = data[np.sort(pick)]
-    words = min(cfg["words"], max(1, len(data) // 39))  # FAISS k-means wants ≥ 39 points per centroid
-    kmeans = faiss.Kmeans(data.shape[1], words, niter=cfg["iterations"], seed=cfg["seed"], verbose=False)
-    kmeans.train(data)
-    return kmeans.centroids.astype(np.float32)
 
 
 def aggregate(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
@@ -92,24 +63,6 @@ def region_masks(keypoints: np.ndarray, image_size: tuple[int, int], min_keypoin
         if mask.sum() >= min_keypoints:
             masks.append(mask)
     return masks
-
-
-def fit_projection(vlads: np.ndarray, words: int, config: dict | None = None) -> Projection | None:
-    """PCA(-whitening) learnt on raw VLADs [N, words * D]; None when ``pca_dims`` is 0 or there are too few."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
-    if not cfg["pca_dims"] or len(vlads) < 3:
-        return None
-    x = np.asarray(vlads, dtype=np.float64)
-    mean = x.mean(axis=0)
-    centred = x - mean
-    # Eigen-decomposition of the N × N Gram matrix: N (samples) is far below the VLAD dimension.
-    lam, vec = np.linalg.eigh(centred @ centred.T)
-    keep = np.argsort(-lam, kind="stable")[: min(cfg["pca_dims"], len(x) - 1)]
-    lam, vec = np.maximum(lam[keep], 1e-12), vec[:, keep]
-    directions = (centred.T @ vec) / np.sqrt(lam)  # unit principal directions [words * D, dims]
-    variance = lam / len(x)
-    matrix = np.ascontiguousarray((directions / variance ** cfg["whiten_power"]).T, dtype=np.float32)
-    return Projection(matrix, (-(matrix @ mean)).astype(np.float32), int(words))
 
 
 def compact(vlads: np.ndarray, projection: Projection | None) -> np.ndarray:

@@ -6,8 +6,9 @@ import csv
 from pathlib import Path
 
 from artlens.errors import CollectionError
-from artlens.indexing.bundle import Bundle
-from artlens.recognition.calibrate import LabelledPhoto
+from artlens.indexing.store.bundle import Bundle
+
+from .photos import LabelledPhoto
 
 
 def read_queries(path: str | Path) -> list[tuple[int, Path, list[str]]]:

@@ -1,11 +1,11 @@
-"""Segment embeddings: pooled under masks from one forward, and the prototype's crop-per-segment way."""
+"""Segment vectors: pooled under masks from one forward, and one forward per masked cut-out (crop)."""
 
 import numpy as np
 import pytest
 
 from artlens.embedder import Embedder
 from artlens.indexing.amg import Segment
-from artlens.indexing.segment_embed import (
+from artlens.indexing.segment_vectors import (
     crop_vectors,
     cutout,
     forward_grid,

@@ -1,16 +1,8 @@
-"""Segment embeddings, two ways (issue 3, item 4).
+"""Segment vectors in the embedder's space (L2-normalised, so they share an index with whole-image vectors), two ways.
 
-``pooled`` (ours): the artwork goes once through DINOv2 — the same forward that gives its whole-image vector —
-and each segment's vector is the GeM pool (p = 3, the whole-image pooling of ``artlens.embedder``) of the patch
-tokens under its mask, each token weighted by the fraction of its patch the mask covers. No extra forward pass:
-the cost per segment is one small matrix product.
-
-``crop`` (the museum prototype's way): each segment is cut out (its bounding box, pixels outside the mask set to
-a neutral fill) and embedded by its own DINOv2 forward, batched. One forward per segment is what made the
-prototype's projection 80 GPU-days for 800,000 artworks.
-
-Both return L2-normalised float32 vectors in the embedder's space, so they share one FAISS index with the
-whole-image vectors.
+``pooled`` (default): the GeM pool of the patch tokens under each mask, weighted by how much of each patch it
+covers, from the artwork's one forward pass — no extra forward. ``crop``: one forward per masked cut-out,
+batched (the baseline ``artlens bench segments`` compares against; it costs a forward per segment).
 """
 
 from __future__ import annotations

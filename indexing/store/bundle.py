@@ -1,32 +1,13 @@
-"""The index bundle on disk: one directory, every file checksummed in ``bundle.json``.
+"""An index bundle on disk, read and checked: one directory, every file checksummed in ``bundle.json``.
 
-Layout::
-
-    bundle.json            format, model, counts, index settings, features, calibration, versions, checksums
-    artworks.json          [{object_id, image, width, height, metadata}], row i = vector i
-    embeddings.npy         float32 [N, D], L2-normalised
-    index.faiss            FAISS index over embeddings (see vector_index.py)
-    vocabulary.npy         float32 [words, D] visual words of the local-feature (VLAD) shortlist
-    local_index.faiss      FAISS index over the references' VLAD vectors
-    features/keypoints.npy float32 [total, 2] reference keypoints (pixels of the analysed image)
-    features/descriptors.npy uint8 [total, D]
-    features/offsets.npy   int64 [N + 1] row i owns keypoints[offsets[i]:offsets[i + 1]]
-    features/sizes.npy     int32 [N, 2] analysed (width, height) of each reference
-    votes.faiss            optional (bundle.json "votes"): every reference descriptor in one IVF index, the
-                           descriptor-vote shortlist (descriptor_votes.py); ids are positions in features/
-    segments/…             optional (``index build --segments``): SAM segments and their indexes, see segments.py;
-                           present when bundle.json has a "segments" key. Bundles without it load as before.
-    renditions/<sha>.jpg   each artwork's reference-image JPEG (artworks.json "rendition"), see renditions.py
-    images/<sha>.<ext>     originals of artworks added through the admin API (artworks.json "stored_image")
+``load_bundle`` gives a :class:`Bundle`; any missing, altered or malformed file is a ``BundleError`` whose
+reason names no path. The files and their formats: docs/bundle-format.md; writing one: indexing/bundle_writer.py.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +20,7 @@ from artlens.errors import BundleError
 from artlens.hashing import file_sha256
 from artlens.verification import LocalFeatures
 
-from .renditions import stored_files_in
-from .segments import SegmentStore, segment_files
+from .segments import SegmentStore
 
 T = TypeVar("T")
 FORMAT = "artlens-bundle/1"
@@ -98,70 +78,6 @@ class Bundle:
     @property
     def calibration(self) -> dict | None:
         return self.meta.get("calibration")
-
-
-def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddings: np.ndarray,
-                       index: faiss.Index, features: ReferenceFeatures, vocabulary: np.ndarray,
-                       local_index: faiss.Index, votes: faiss.Index | None = None) -> None:
-    """Write every file into ``staging`` (a fresh directory) and then bundle.json with their checksums.
-    ``votes`` needs bundle.json's "votes" description in ``meta`` (and the other way round)."""
-    if (votes is None) != (not meta.get("votes")):
-        raise ValueError("a vote index and bundle.json's 'votes' description go together")
-    (staging / "features").mkdir(parents=True, exist_ok=True)
-    (staging / "artworks.json").write_text(json.dumps(artworks, ensure_ascii=False, indent=1))
-    np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
-    faiss.write_index(index, str(staging / "index.faiss"))
-    np.save(staging / "vocabulary.npy", vocabulary)
-    faiss.write_index(local_index, str(staging / "local_index.faiss"))
-    np.save(staging / "features" / "keypoints.npy", features.keypoints)
-    np.save(staging / "features" / "descriptors.npy", features.descriptors)
-    np.save(staging / "features" / "offsets.npy", features.offsets)
-    np.save(staging / "features" / "sizes.npy", features.sizes)
-    if votes is not None:
-        faiss.write_index(votes, str(staging / VOTES_FILE))
-    write_meta(staging, meta)
-
-
-def write_meta(directory: Path, meta: dict) -> None:
-    """(Re)write bundle.json with fresh checksums of the data files; atomic by rename within the directory."""
-    files = ["artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss"]
-    files += [f"features/{f}" for f in FEATURE_FILES]
-    if meta.get("votes"):
-        files.append(VOTES_FILE)
-    if meta.get("segments"):
-        files += segment_files(meta["segments"])
-    files += stored_files_in(directory)  # renditions and stored originals: checked like every other file
-    meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
-    tmp = directory / "bundle.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    os.replace(tmp, directory / "bundle.json")
-
-
-def staging_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-
-
-def check_replaceable(out: Path) -> None:
-    """Only a bundle (or nothing, or an empty directory) may be replaced: never a folder of someone's files."""
-    if out.exists() and not (out / "bundle.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise BundleError("exists and is not an index bundle; refusing to replace it (choose another --out)", path=out)
-
-
-def commit(staging: Path, out: Path) -> None:
-    """Move a finished bundle into place; an existing bundle is replaced only once the new one is complete."""
-    check_replaceable(out)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        try:
-            os.replace(staging, out)
-        except OSError:
-            os.replace(old, out)  # put the previous bundle back rather than leave nothing
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 def read_meta(path: str | Path) -> dict:

