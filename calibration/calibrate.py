@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.config import with_defaults
 from artlens.errors import BundleError
 from artlens.indexing.build import BuildReport, Progress, build_bundle
 from artlens.indexing.bundle_writer import write_meta
@@ -34,7 +35,7 @@ def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = 
                      photos: list[LabelledPhoto] | None = None, top_k: int | None = None,
                      config: dict | None = None, progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Fit the calibration for the bundle at ``bundle_path`` and write it into its bundle.json."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     recognizer = Recognizer(bundle_path, model_dir, require_calibration=False)
     shortlist_size = recognizer.settings.shortlist_size(top_k)
     source = "labelled photos"

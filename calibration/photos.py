@@ -12,8 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from artlens.imaging import load_image
-from artlens.indexing.collection import fetch_bytes, resolve_image
+from artlens.indexing.collection import load_collection_image
 from artlens.recognition.recognizer import Recognizer
 
 
@@ -88,7 +87,7 @@ def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[Labe
     for row in rows:
         artwork = bundle.artworks[row]
         image = artwork["image"]
-        rgb = load_image(fetch_bytes(resolve_image(csv_path, image)), name=image, max_side=1600).rgb
+        rgb = load_collection_image(csv_path, image, max_side=1600)
         # The same image listed under several ids (prints, duplicates) is a correct answer under each of them.
         same_image_rows = frozenset(r for r, other in enumerate(bundle.artworks) if other["image"] == image)
         photos.append(LabelledPhoto(simulate_visitor_photo(rgb, rng), same_image_rows,

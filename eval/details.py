@@ -22,12 +22,12 @@ import numpy as np
 
 from artlens.calibration.photos import phone_effects
 from artlens.calibration.queries import write_queries
-from artlens.errors import ArtlensError, CollectionError
-from artlens.imaging import load_image
-from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
+from artlens.config import with_defaults
+from artlens.errors import CollectionError
+from artlens.indexing.collection import load_row_image, read_collection
 
 DETAIL_CONFIG: dict = {
-    "area": (0.10, 0.40),  # fraction of the artwork the detail shows (issue 3)
+    "area": (0.10, 0.40),  # fraction of the artwork the detail shows
     "frames": ((4, 3), (3, 4), (16, 9), (9, 16), (1, 1)),  # phone photo aspect ratios
     "out_side": 1024,  # long side of the photo
     "keystone_h": 0.25,  # ± relative height difference of the region's left and right sides (side view)
@@ -54,7 +54,7 @@ def _polygon_area(quad: np.ndarray) -> float:
 
 def sample_view(width: int, height: int, rng: np.random.Generator, config: dict | None = None) -> DetailView:
     """A detail region of a ``width × height`` reference and the view a visitor has of it."""
-    cfg = {**DETAIL_CONFIG, **(config or {})}
+    cfg = with_defaults(DETAIL_CONFIG, config)
     lo, hi = cfg["area"]
     for _ in range(int(cfg["attempts"])):
         fw, fh = cfg["frames"][int(rng.integers(len(cfg["frames"])))]
@@ -123,11 +123,7 @@ def _photograph(collection_csv: Path, count: int, rng: np.random.Generator, out:
     for n, i in enumerate(picks, start=1):
         row = collection.rows[i]
         if i not in cache:
-            try:
-                cache = {i: load_image(fetch_bytes(resolve_image(collection.path, row.image)), name=row.image,
-                                       max_side=cfg["max_side"]).rgb}
-            except ArtlensError as exc:
-                raise CollectionError(f"{collection.path}:{row.number}: {exc}") from None
+            cache = {i: load_row_image(collection, row, max_side=cfg["max_side"])}
         jpeg, view = detail_photo(cache[i], rng, cfg)
         name = f"{prefix}-{n:04d}-{row.object_id}.jpg".replace("/", "_")
         (out / "photos" / name).write_bytes(jpeg)
@@ -145,7 +141,7 @@ def make_detail_queries(collection_csv: str | Path, out_dir: str | Path, *, coun
                         config: dict | None = None) -> Path:
     """``count`` detail photos of the collection's artworks (+ ``nomatch_count`` of the distractors, default as
     many as ``count``); returns the queries.csv path."""
-    cfg = {**DETAIL_CONFIG, **(config or {})}
+    cfg = with_defaults(DETAIL_CONFIG, config)
     out = Path(out_dir)
     (out / "photos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -1,22 +1,9 @@
 """Regression gates on real labelled photos that do not flip on one photo crossing a threshold.
 
-A gate evaluates a real set on a bundle built from its collection and compares the result with a committed baseline
-(eval/baselines/*.json). Floating-point differences between CPUs, BLAS kernels and thread counts leave the
-verifier's inliers on real photos unchanged but move the calibration fitted on simulated photos (the inlier count
-where confidence reaches the threshold) by up to about 5 %, so an answer that sits at the threshold is answered on
-one machine and not on another. The gates therefore check what is stable:
-
-1. **No wrong answers**: false-positive rate, answer precision and precision@1 within the baseline's margins (wrong
-   candidates sit far below the threshold: ≤ 10 inliers, confidence < 0.1, on every configuration measured).
-2. **Clear answers stay answered**: every expected answer whose baseline confidence is at least ``clear_margin``
-   above the threshold must still be answered. Answers inside that band are listed, not gated one by one.
-3. **Evidence does not weaken**: each expected answer keeps ``baseline × (1 − inlier_rel) − inlier_abs`` inliers,
-   and all of them together ``baseline × (1 − total_rel)``.
-4. **The calibration stays put**: the inlier count where confidence reaches the threshold stays within
-   ``threshold_inliers_rel`` of the baseline's.
-
-Each baseline records the variation measured across configurations (``python -m artlens.eval.gate_variation``
-reproduces it); the tolerances derived from it are passed to :func:`check` by the gate tests.
+A set is evaluated on a bundle built from its collection and compared with a committed baseline
+(eval/baselines/*.json) by four rules: no wrong answers, clear answers stay answered, evidence does not weaken, the
+calibration stays put. The rules, their tolerances and the variation across CPUs they were measured from:
+docs/reproducibility.md ("The regression gates"); ``python -m artlens.eval.gate_variation`` remeasures it.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """`artlens bench index`: FAISS exact vs compressed indexes at 10K / 100K / 1M vectors, side by side in one run.
 
-Per size and recipe (indexing/compressed_index.py RECIPES): build time (train + add + search-parameter
-tuning), search latency per query (p50 at batch 1; mean per query in one batch of all queries), 10-recall@10
-and 1-recall@10 against exact search on held-out queries, bytes per vector (serialised index size / n) and
-the memory projected for 25M segment vectors.
-
-Vectors. ``base`` are real stand-in segment vectors (eval/dev_segment_vectors.py: GeM of DINOv2 patch tokens
-under random rectangles of the SMVS + Estense references). Queries are base vectors held out of every index.
-An index of n ≤ len(base) vectors is a random subset of the rest; a larger one adds noisy copies: a random
-base vector b plus Gaussian noise shaped like the base set's covariance (so the copies stay on the data's
-own low-dimensional spread instead of adding isotropic noise), scaled so the median distance ‖copy − b‖
-equals the median nearest-neighbour distance within the real base set, then L2-normalised. So a copy is as
-far from its origin as a real segment is from its nearest real neighbour, not a near-duplicate of it.
-``random-unit`` (isotropic Gaussian, normalised) is the pessimistic check: no structure for PCA/PQ to use.
+Per size and recipe (indexing/compressed_index.py RECIPES): build time, search latency, 10-recall@10 and
+1-recall@10 against exact search, bytes per vector. Beyond the real stand-in vectors, larger indexes add noisy
+copies shaped like the base set's covariance, and ``random-unit`` vectors are the pessimistic check; how and why:
+docs/index-benchmarks.md.
 """
 
 from __future__ import annotations

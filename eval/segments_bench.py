@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.config import with_defaults
 from artlens.embedder import Embedder
 from artlens.errors import CollectionError
 from artlens.indexing import amg
@@ -199,7 +200,7 @@ def bench_segments(model_dir: str | Path, sam_dir: str | Path, work: str | Path,
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise CollectionError(f"unknown benchmark part {unknown[0]!r}; choose from {', '.join(PARTS)}")
-    cfg = {**DEFAULT_CONFIG, **(QUICK_CONFIG if quick else {}), **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, QUICK_CONFIG if quick else None, config)
     model_dir, sam_dir, work = Path(model_dir), Path(sam_dir), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     tick = _logged(progress, work / f"progress-{'-'.join(parts)}.log")
@@ -207,7 +208,7 @@ def bench_segments(model_dir: str | Path, sam_dir: str | Path, work: str | Path,
     sam = SamModel(sam_dir)
     started = time.perf_counter()
     result: dict = {
-        "benchmark": "segments (issue 3)", "quick": quick,
+        "benchmark": "segments", "quick": quick,
         "machine": {**describe_machine(), "onnxruntime_providers": embedder.providers, "gpu": "none used"},
         "models": {"dinov2": embedder.info.public(), "sam": sam.info.public()},
         "settings": {k: v for k, v in cfg.items()}, "parts": parts,

@@ -15,18 +15,14 @@ import numpy as np
 
 from artlens.embedder import Embedder
 from artlens.errors import CollectionError
-from artlens.imaging import load_image
 from artlens.indexing import amg, segment_collection, segment_vectors
-from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
+from artlens.indexing.collection import load_collection_image, read_collection
 from artlens.indexing.sam_model import SamModel
 from artlens.verification import FEATURE_CONFIG
 
 BASELINE_GPU_DAYS_800K = 80.0  # the baseline's own published projection for 800,000 artworks on one GPU
 Progress = Callable[[str, int, int], None]
 
-
-def load_rgb(collection_path: Path, image: str, max_side: int) -> np.ndarray:
-    return load_image(fetch_bytes(resolve_image(collection_path, image)), name=image, max_side=max_side).rgb
 
 
 def sample_rows(collection_csv: Path, count: int | None, seed: int) -> list:
@@ -106,13 +102,14 @@ def bench_cost(sam: SamModel, embedder: Embedder, collection_csv: Path, cfg: dic
     rows = sample_rows(collection_csv, cfg["cost_images"], cfg["seed"] + 1)
     tick = progress or (lambda stage, done, total: None)
     # Warm-up outside the clock: the first ONNX Runtime runs allocate their arenas.
-    warm = load_rgb(collection.path, rows[0].image, cfg["max_side"])
+    warm = load_collection_image(collection.path, rows[0].image, max_side=cfg["max_side"])
     segment_vectors.forward_grid(embedder, warm)
     sam.decode(sam.encode(warm), np.array([[512.0, 512.0]]), (64, 64))
     per_image = []
     for i, row in enumerate(rows, start=1):
-        rgb = load_rgb(collection.path, row.image, cfg["max_side"])
-        detail_rgb = load_rgb(collection.path, row.image, segment_collection.DEFAULT_CONFIG["detail_side"])
+        rgb = load_collection_image(collection.path, row.image, max_side=cfg["max_side"])
+        detail_rgb = load_collection_image(collection.path, row.image,
+                                           max_side=segment_collection.DEFAULT_CONFIG["detail_side"])
         ours = time_ours(sam, embedder, rgb, cfg["ours_amg"], detail_rgb)
         base = time_baseline(sam, embedder, rgb, cfg["baseline_amg"], cfg["crop_batch"])
         per_image.append({"object_id": row.object_id, "size": [int(rgb.shape[1]), int(rgb.shape[0])],
@@ -140,7 +137,7 @@ def bench_cost(sam: SamModel, embedder: Embedder, collection_csv: Path, cfg: dic
         "projection_800k": {
             "this_machine_cpu_days_ours": round(days_ours, 1),
             "this_machine_cpu_days_baseline": round(days_base, 1),
-            "gpu": "not measured: no GPU was available to this run. The prototype's own figure was "
+            "gpu": "not measured: no GPU was available to this run. The figure reported for the baseline recipe was "
                    f"{BASELINE_GPU_DAYS_800K:g} GPU-days; if the measured ratio held on a GPU, ours would take "
                    f"{BASELINE_GPU_DAYS_800K / (base_s / ours_s):.1f} GPU-days (an extrapolation, not a measurement)"
             if ours_s > 0 else "not measured",

@@ -11,9 +11,10 @@ import numpy as np
 from artlens.embedder import Embedder
 from artlens.imaging import load_image
 from artlens.indexing import amg, segment_vectors
+from artlens.indexing.collection import load_collection_image
 from artlens.indexing.store.rle import decode_rle
 
-from .segments_bench_cost import Progress, load_rgb
+from .segments_bench_cost import Progress
 
 
 def operating_point(report: dict, target_fpr: float) -> dict:
@@ -94,7 +95,7 @@ def segment_vector_modes(bundle_path: Path, embedder: Embedder, queries: Path, c
         own = store.of_artwork(row)
         if not len(own):
             continue
-        rgb = load_rgb(csv_path, art["image"], cfg["max_side"])
+        rgb = load_collection_image(csv_path, art["image"], max_side=cfg["max_side"])
         sx, sy = rgb.shape[1] / art["width"], rgb.shape[0] / art["height"]
         segs = []
         for j in own:

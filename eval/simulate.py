@@ -9,9 +9,8 @@ import numpy as np
 
 from artlens.calibration.photos import simulate_visitor_photo
 from artlens.calibration.queries import write_queries
-from artlens.errors import ArtlensError, CollectionError
-from artlens.imaging import load_image
-from artlens.indexing.collection import fetch_bytes, read_collection, resolve_image
+from artlens.errors import CollectionError
+from artlens.indexing.collection import load_row_image, read_collection
 
 
 def simulate_collection_photos(collection_csv: str | Path, out_dir: str | Path, *, count: int, seed: int = 0) -> Path:
@@ -25,11 +24,7 @@ def simulate_collection_photos(collection_csv: str | Path, out_dir: str | Path, 
     lines = []
     for n, i in enumerate(sorted(picks.tolist()), start=1):
         row = collection.rows[i]
-        try:
-            rgb = load_image(fetch_bytes(resolve_image(collection.path, row.image)), name=row.image,
-                             max_side=1600).rgb
-        except ArtlensError as exc:
-            raise CollectionError(f"{collection.path}:{row.number}: {exc}") from None
+        rgb = load_row_image(collection, row, max_side=1600)
         name = f"visitor-{n:03d}-{row.object_id}.jpg".replace("/", "_")
         (out / name).write_bytes(simulate_visitor_photo(rgb, rng))
         lines.append((name, row.object_id))
@@ -50,11 +45,7 @@ def _load_rows(collection_csv: str | Path, ids: list[str] | None) -> list[tuple[
     rows = [by_id[i] for i in ids] if ids is not None else collection.rows
     out = []
     for row in rows:
-        try:
-            rgb = load_image(fetch_bytes(resolve_image(collection.path, row.image)), name=row.image,
-                             max_side=1600).rgb
-        except ArtlensError as exc:
-            raise CollectionError(f"{collection.path}:{row.number}: {exc}") from None
+        rgb = load_row_image(collection, row, max_side=1600)
         out.append((row.object_id, rgb))
     return out
 

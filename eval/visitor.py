@@ -1,18 +1,8 @@
-"""Simulated visitor photos on kornia: batched, seeded, with severity levels.
+"""Simulated visitor photos on kornia: batched, seeded, with severity levels (the scene: docs/benchmarks.md).
 
-A photo is built the way a phone sees a painting: the artwork, framed, hangs on a wall plane next to its label;
-a visitor standing in front of it (off to one side, looking slightly up, holding the phone a little rotated)
-sees that plane through a perspective camera, sometimes too close to get all of it, sometimes with people in
-front of it; the phone adds light falloff, white balance, spotlight glare on the varnish, defocus or hand-shake
-blur, sensor noise and JPEG compression.
-
-Evaluation only. This is the one module outside ``export/`` that may import PyTorch (via kornia), and only
-inside functions: recognition, indexing and serving never need torch. The build-time calibration keeps the
-light cv2 simulator of ``calibration/photos.py`` for that reason.
-
-Every random draw of photo i comes from generators seeded with (seed, i): numpy for its parameters, scene and
-light, torch for its sensor noise. The same seed and image give the same photo, byte for byte on a CPU, however
-the photos are batched.
+Evaluation only: the one module outside ``export/`` that may import PyTorch (via kornia), and only inside
+functions; the build-time calibration keeps the light cv2 simulator of ``calibration/photos.py``. Photo i draws
+from generators seeded with (seed, i), so the same seed and image give the same photo however they are batched.
 """
 
 from __future__ import annotations

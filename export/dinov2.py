@@ -24,7 +24,7 @@ CONFIG: dict[str, Any] = {
     "model": "facebook/dinov2-small",
     # 448 (a 32×32 patch grid): recognition then costs 1.20× the bare forward vs 1.72× at 224 (same run,
     # docs/benchmarks.md), DINOv2 features are sharper above its 224 pre-training size, and segment pooling
-    # (issue 3) needs a finer grid than 16×16.
+    # needs a finer grid than 16×16.
     "size": 448,
     "geometry": "squash",
     "pooling": "gem",

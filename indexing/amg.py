@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from artlens.config import with_defaults
+
 from .sam_model import SamModel
 
 DEFAULT_CONFIG: dict = {
@@ -118,7 +120,7 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
 def generate(sam: SamModel, rgb: np.ndarray, config: dict | None = None,
              embedding: np.ndarray | None = None) -> list[Segment]:
     """Automatic masks of an RGB image, largest first."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     h, w = rgb.shape[:2]
     if embedding is None:
         embedding = sam.encode(rgb)

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 import artlens
+from artlens.config import with_defaults
 from artlens.embedder import Embedder
 from artlens.errors import ArtlensError, CollectionError
 from artlens.files import moved_into_place
@@ -65,7 +66,7 @@ def build_bundle(
     staging directory before it is moved into place (the CLI calibrates there). With ``sam_dir`` every artwork
     is also segmented and its segments indexed (indexing/segment_collection.py, docs/segments.md).
     """
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     feature_config = {**FEATURE_CONFIG, **cfg["features"]}
     started = time.perf_counter()
     out = Path(out)

@@ -7,7 +7,10 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from artlens.errors import ArtlensError, CollectionError, ImageError
+from artlens.imaging import load_image
 
 URL_SCHEMES = ("http://", "https://")
 REQUIRED_COLUMNS = ("object_id", "image")
@@ -154,3 +157,17 @@ def fetch_bytes(source: str | Path, timeout: float = 30.0, max_bytes: int = 64 *
             return b"".join(chunks)
     except httpx.HTTPError as exc:
         raise ImageError(source, f"download failed ({type(exc).__name__}: {exc})", code="missing_image") from None
+
+
+def load_collection_image(collection_path: Path, image: str, *, max_side: int | None) -> np.ndarray:
+    """RGB of a collection's image (a URL, or a path relative to the CSV's folder), at most ``max_side`` pixels
+    on its longer side."""
+    return load_image(fetch_bytes(resolve_image(collection_path, image)), name=image, max_side=max_side).rgb
+
+
+def load_row_image(collection: Collection, row: Row, *, max_side: int | None) -> np.ndarray:
+    """:func:`load_collection_image` of a row; a failure is a :class:`CollectionError` naming the CSV line."""
+    try:
+        return load_collection_image(collection.path, row.image, max_side=max_side)
+    except ArtlensError as exc:
+        raise CollectionError(f"{collection.path}:{row.number}: {exc}") from None

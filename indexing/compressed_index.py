@@ -13,6 +13,7 @@ import time
 import faiss
 import numpy as np
 
+from artlens.config import with_defaults
 from artlens.indexing.store.vectors import search_parameter, set_search_parameter
 
 DEFAULT_CONFIG: dict = {
@@ -48,7 +49,7 @@ def build_compressed_index(vectors: np.ndarray, config: dict | None = None) -> t
     Below ``exact_below`` vectors: exact ``IndexFlatIP``. Above: ``config["recipe"]`` (see :data:`RECIPES`),
     with its search parameter tuned to ``target_recall``; everything chosen is in the description.
     """
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array, got shape {x.shape}")
@@ -100,7 +101,7 @@ def _add(index: faiss.Index, x: np.ndarray, rows: np.ndarray) -> None:
 
 def make_index(recipe_name: str, dim: int, n: int, cfg: dict | None = None) -> tuple[faiss.Index, dict]:
     """An empty (untrained) index of ``recipe_name`` sized for ``n`` vectors, and its description."""
-    cfg = {**DEFAULT_CONFIG, **(cfg or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, cfg)
     recipe = RECIPES[recipe_name]
     desc: dict = {"recipe": recipe_name, "metric": "inner_product", "dim": dim, "exact": recipe["kind"] == "flat"}
     if recipe["kind"] == "flat":
@@ -162,7 +163,7 @@ def tune_search(index: faiss.Index, vectors: np.ndarray, desc: dict, config: dic
     Leaves the index set to it and returns what to record. When no value reaches the target, the best one
     is kept and ``target_met`` is False.
     """
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     name = search_parameter(index)
     if name is None or not len(query_rows):
         return {}

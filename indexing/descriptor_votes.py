@@ -10,6 +10,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from artlens.config import with_defaults
 from artlens.verification import matching_space
 
 DEFAULT_CONFIG: dict = {
@@ -26,7 +27,7 @@ def _matching(features) -> np.ndarray:
 
 def build_vote_index(features, config: dict | None = None) -> tuple[faiss.Index, dict]:
     """Train an IVF index on the references' descriptors and fill it; returns (index, description)."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     data = _matching(features)
     n, dim = data.shape
     nlist = int(cfg["nlist"] or min(65536, max(16, round(4 * np.sqrt(max(n, 1))))))

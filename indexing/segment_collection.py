@@ -14,6 +14,7 @@ import cv2
 import faiss
 import numpy as np
 
+from artlens.config import with_defaults
 from artlens.embedder import Embedder
 from artlens.errors import ModelError
 from artlens.imaging import to_gray
@@ -56,8 +57,8 @@ class SegmentCollector:
 
     def __init__(self, sam_dir: str | Path, embedder: Embedder, config: dict | None = None,
                  feature_config: dict | None = None):
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
-        self.feature_config = {**FEATURE_CONFIG, **(feature_config or {})}
+        self.config = with_defaults(DEFAULT_CONFIG, config)
+        self.feature_config = with_defaults(FEATURE_CONFIG, feature_config)
         self.amg_config = {**amg.DEFAULT_CONFIG, **self.config["amg"]}
         if self.config["mode"] not in segment_vectors.MODES:
             raise ModelError(f"unknown segment mode {self.config['mode']!r}; choose one of "

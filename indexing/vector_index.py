@@ -6,6 +6,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from artlens.config import with_defaults
+
 DEFAULT_CONFIG: dict = {
     "exact_below": 50_000,  # flat inner-product search stays < 10 ms per query up to here on 2 cores
     "hnsw_m": 32,
@@ -17,7 +19,7 @@ DEFAULT_CONFIG: dict = {
 
 def build_index(vectors: np.ndarray, config: dict | None = None) -> tuple[faiss.Index, dict]:
     """Index L2-normalised float32 vectors for inner-product search; returns (index, description)."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     n, dim = vectors.shape
     if n < cfg["exact_below"]:
         index = faiss.IndexFlatIP(dim)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from artlens.config import with_defaults
 from artlens.indexing.store.vlad import Projection
 
 DEFAULT_CONFIG: dict = {
@@ -24,7 +25,7 @@ DEFAULT_CONFIG: dict = {
 
 def train_vocabulary(descriptors: np.ndarray, config: dict | None = None) -> np.ndarray:
     """k-means centroids float32 [words, D] from matching-space descriptors."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     data = np.ascontiguousarray(descriptors, dtype=np.float32)
     if len(data) > cfg["train_sample"]:
         pick = np.random.default_rng(cfg["seed"]).choice(len(data), cfg["train_sample"], replace=False)
@@ -37,7 +38,7 @@ def train_vocabulary(descriptors: np.ndarray, config: dict | None = None) -> np.
 
 def fit_projection(vlads: np.ndarray, words: int, config: dict | None = None) -> Projection | None:
     """PCA(-whitening) learnt on raw VLADs [N, words * D]; None when ``pca_dims`` is 0 or there are too few."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     if not cfg["pca_dims"] or len(vlads) < 3:
         return None
     x = np.asarray(vlads, dtype=np.float64)

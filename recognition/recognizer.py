@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import faiss
 import numpy as np
 
 from artlens.embedder import Embedder
@@ -99,6 +100,7 @@ class Recognizer:
         if self.bundle.votes is not None and self.settings.votes.get("enabled", True):
             self._vote_owner = descriptor_votes.descriptor_owner(self.bundle.features.offsets)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._vlad_parts: tuple[vlad.Projection | None, faiss.Index] | None = None
         # Local features are extracted while ONNX Runtime runs the model: both release the GIL, and the
         # overlap hides part of the feature stage (docs/benchmarks.md).
         self._feature_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="artlens-features")
@@ -199,9 +201,7 @@ class Recognizer:
                       allowed: np.ndarray | None = None) -> list[int]:
         """Top-k rows by VLAD similarity, each scored by its best region of the photo (max, not rank fusion: a
         painting that one region shows clearly is not outvoted by the regions that show the wall or its frame)."""
-        if getattr(self, "_vlad_split", None) is None:  # (projection, index of compact VLADs), split once
-            self._vlad_split = vlad.split_index(self.bundle.local_index, len(self.bundle.vocabulary))
-        projection, index = self._vlad_split
+        projection, index = self._vlad_split()
         vlads = np.stack([vlad.aggregate(query_descriptors[m], self.bundle.vocabulary) for m in regions])
         best: dict[int, float] = {}
         for vector in vlad.compact(vlads, projection):
@@ -212,6 +212,26 @@ class Recognizer:
                 if row >= 0 and sim > best.get(row, -np.inf):
                     best[row] = sim
         return sorted(best, key=lambda r: -best[r])[:k]
+
+    def _vlad_split(self) -> tuple[vlad.Projection | None, faiss.Index]:
+        """The VLAD index split into its PCA projection and the index of compact VLADs, split once."""
+        if self._vlad_parts is None:
+            self._vlad_parts = vlad.split_index(self.bundle.local_index, len(self.bundle.vocabulary))
+        return self._vlad_parts
+
+    def similar_artworks(self, row: int, count: int, method: str = "auto") -> tuple[str, list[tuple[int, float]]]:
+        """The method used ("auto": ``settings.similar_method``) and the ``count`` artworks nearest to bundle row
+        ``row`` by it, best first, as (row, similarity), never ``row`` itself: "vlad" compares the compact
+        weight-free VLAD vectors, "dinov2" the global embeddings."""
+        method = self.settings.resolve_similar_method(method)
+        if method == "vlad":
+            index = self._vlad_split()[1]
+            vector = index.reconstruct(row)
+        else:
+            index, vector = self.bundle.index, np.asarray(self.bundle.embeddings[row], dtype=np.float32)
+        scores, ids = search(index, vector[None], count + 1)
+        hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and int(i) != row]
+        return method, hits[:count]
 
     def evidence(self, analysis: Analysis, row: int, rank: int) -> Evidence:
         """Verify the photo against bundle row ``row`` (calibration also uses it for rows outside the shortlist)."""

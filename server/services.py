@@ -22,16 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from artlens.embedder import Embedder
 from artlens.errors import ArtlensError, BundleError, ModelError, artwork_row
 from artlens.imaging import DecodeBudget, DecodeBusy, release_memory
 from artlens.indexing import incremental
 from artlens.indexing.collection import fetch_bytes
-from artlens.indexing.store import renditions, vlad
+from artlens.indexing.store import renditions
 from artlens.indexing.store.bundle import Bundle, load_bundle
-from artlens.indexing.store.vectors import search
 from artlens.recognition.batching import MicroBatcher
 from artlens.recognition.burst import recognize_burst
 from artlens.recognition.filters import allowed_rows
@@ -352,14 +349,8 @@ class CatalogueService:
         state = self.holder.state
         bundle = state.bundle
         row = state.row(object_id)
-        method = state.settings.resolve_similar_method(method)
-        if method == "vlad":  # the compact VLAD vectors (the index may carry a PCA projection in front)
-            _, index = vlad.split_index(bundle.local_index, len(bundle.vocabulary))
-            vector = index.reconstruct(row)
-        else:
-            index, vector = bundle.index, np.asarray(bundle.embeddings[row], dtype=np.float32)
-        scores, ids = search(index, vector[None], count + 1)
-        results = [schemas.SimilarArtwork(schemas.Artwork.from_row(bundle.artworks[int(i)]), round(float(s), 5))
-                   for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and int(i) != row][:count]
+        method, hits = state.recognizer.similar_artworks(row, count, method)
+        results = [schemas.SimilarArtwork(schemas.Artwork.from_row(bundle.artworks[hit]), round(score, 5))
+                   for hit, score in hits]
         return schemas.SimilarResponse(object_id=object_id, method=method, pretrained=state.settings.pretrained,
                                        results=results)

@@ -63,7 +63,7 @@ def test_quick_bench_runs_every_part_and_writes_the_issue_keys(tiny_model, tmp_p
     assert report["models"]["dinov2"]["pretrained"] is False and report["quick"] is True
     assert report["cost"]["baseline_segments_per_image"] >= 0 and report["recall"]["segment_count"] > 0
     assert report["recall"]["vector_modes"]["crop"]["recall_at_10"] >= 0
-    masks = report["masks"]  # the prototype's masks vs ours, the same pipeline otherwise
+    masks = report["masks"]  # the baseline's masks vs ours, the same pipeline otherwise
     assert masks["baseline"]["segments"] > 0 and masks["ours"]["segment_s_per_image"] > 0
     for key in ("masks_detail_recall_ours", "masks_detail_recall_baseline", "masks_detail_recall_whole_only"):
         assert 0.0 <= report[key] <= 1.0, key

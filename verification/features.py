@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from artlens.config import with_defaults
+
 # hloc-style defaults; `max_side` and `max_keypoints` were chosen on SMVS (docs/benchmarks.md).
 DEFAULT_CONFIG: dict = {
     "method": "rootsift",  # rootsift | sift | orb | akaze
@@ -48,7 +50,7 @@ def _detector(method: str, max_keypoints: int, contrast_threshold: float):
 
 def extract(gray: np.ndarray, config: dict | None = None) -> LocalFeatures:
     """Detect and describe up to ``max_keypoints`` keypoints on a uint8 greyscale image."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError("extract() expects a 2-D uint8 greyscale image")
     height, width = gray.shape

