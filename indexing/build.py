@@ -67,7 +67,7 @@ def build_bundle(
     is also segmented and its segments indexed (indexing/segment_collection.py, docs/segments.md).
     """
     cfg = with_defaults(DEFAULT_CONFIG, config)
-    feature_config = {**FEATURE_CONFIG, **cfg["features"]}
+    feature_config = with_defaults(FEATURE_CONFIG, cfg["features"])
     started = time.perf_counter()
     out = Path(out)
     bundle_writer.check_replaceable(out)
@@ -80,7 +80,7 @@ def build_bundle(
     segmenter = None
     if sam_dir is not None:
         segmenter = segment_collection.SegmentCollector(
-            sam_dir, embedder, {**segment_collection.DEFAULT_CONFIG, **cfg["segments"]}, feature_config)
+            sam_dir, embedder, with_defaults(segment_collection.DEFAULT_CONFIG, cfg["segments"]), feature_config)
     tick = progress or (lambda stage, done, total: None)
 
     # Renditions are written into the staging directory as rows are read: a large collection's JPEGs never
@@ -135,7 +135,7 @@ def build_bundle(
             raise CollectionError(f"{collection.path}: no local features in any of the {len(artworks)} images"
                                   " (blank, uniform or tiny images?); artworks need visible detail to be recognised")
         visual_words, local_index, local_desc = _local_shortlist_index(
-            features, {**vocabulary.DEFAULT_CONFIG, **cfg["vlad"]}, cfg["index"])
+            features, with_defaults(vocabulary.DEFAULT_CONFIG, cfg["vlad"]), cfg["index"])
         votes, votes_desc = None, None
         if cfg["votes"] is not None:
             t_votes = time.perf_counter()

@@ -59,7 +59,7 @@ class SegmentCollector:
                  feature_config: dict | None = None):
         self.config = with_defaults(DEFAULT_CONFIG, config)
         self.feature_config = with_defaults(FEATURE_CONFIG, feature_config)
-        self.amg_config = {**amg.DEFAULT_CONFIG, **self.config["amg"]}
+        self.amg_config = with_defaults(amg.DEFAULT_CONFIG, self.config["amg"])
         if self.config["mode"] not in segment_vectors.MODES:
             raise ModelError(f"unknown segment mode {self.config['mode']!r}; choose one of "
                              f"{', '.join(segment_vectors.MODES)}")

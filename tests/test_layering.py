@@ -309,3 +309,21 @@ def test_runtime_import_loads_no_torch():
             "print(','.join(heavy)); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"loaded at import: {proc.stdout.strip()} {proc.stderr[-2000:]}"
+
+
+# Inside recognition a request goes one way: burst → recognizer → segment search → settings, results, confidence.
+RECOGNITION_ORDER = ("settings", "results", "confidence", "segment_search", "recognizer", "burst")
+
+
+def test_recognition_modules_call_in_one_direction():
+    rank = {f"artlens.recognition.{name}": i for i, name in enumerate(RECOGNITION_ORDER)}
+    seen = set()
+    for src in _by_stage("recognition"):
+        if src.module not in rank:
+            continue
+        seen.add(src.module)
+        for imp in _ours(src):
+            if imp.module in rank and imp.module != src.module:
+                assert rank[imp.module] < rank[src.module], (
+                    f"{src}:{imp.line}: {src.module} must not import {imp.module} (order: {RECOGNITION_ORDER})")
+    assert seen == set(rank), f"modules named in RECOGNITION_ORDER are missing: {set(rank) - seen}"

@@ -81,10 +81,10 @@ def dataset_details(
     collection: Annotated[Path, typer.Option(help="Collection CSV whose artworks are photographed in detail.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for photos/, queries.csv and details.json.")],
     count: Annotated[int, typer.Option(min=1, help="Detail photos of artworks in the collection.")] = 100,
-    seed: Annotated[int, typer.Option()] = 0,
     distractors: Annotated[Path | None, typer.Option(help="CSV of artworks NOT in the collection: their details"
                                                           " are no-match queries.")] = None,
     nomatch_count: Annotated[int | None, typer.Option(min=0, help="No-match details (default: --count).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Detail photos (10–40 % of an artwork, visitor's perspective, phone effects) with ground truth."""
     from artlens.eval.details import make_detail_queries
