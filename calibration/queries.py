@@ -42,11 +42,10 @@ def write_queries(path: Path, rows) -> Path:
 
 def labelled_photos(path: str | Path, bundle: Bundle) -> list[LabelledPhoto]:
     """Queries as bundle rows; an expected id the bundle lacks is an error (the label could never be met)."""
-    row_of = {a["object_id"]: i for i, a in enumerate(bundle.artworks)}
     photos = []
     for line, photo, expected in read_queries(path):
-        unknown = [e for e in expected if e not in row_of]
+        unknown = [e for e in expected if e not in bundle.rows]
         if unknown:
             raise CollectionError(f"{path}:{line}: expected id(s) {', '.join(unknown)} are not in bundle {bundle.path}")
-        photos.append(LabelledPhoto(photo, frozenset(row_of[e] for e in expected), str(photo)))
+        photos.append(LabelledPhoto(photo, frozenset(bundle.rows[e] for e in expected), str(photo)))
     return photos

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from artlens.embedder import Embedder
-from artlens.errors import ArtlensError, BundleError, artwork_row
+from artlens.errors import ArtlensError, BundleError
 from artlens.files import moved_into_place
 from artlens.indexing.store import vlad
 from artlens.indexing.store.bundle import Bundle, ReferenceFeatures, load_bundle
@@ -43,10 +43,6 @@ class LastArtwork(ArtlensError):
 
 def bundle_version(bundle: Bundle) -> int:
     return int(bundle.meta.get("version", 1))
-
-
-def find_row(bundle: Bundle, object_id: str) -> int:
-    return artwork_row({art["object_id"]: row for row, art in enumerate(bundle.artworks)}, object_id)
 
 
 def image_source(bundle: Bundle, row: int) -> str | Path:
@@ -139,7 +135,7 @@ def add_vote_index(bundle: Bundle, config: dict | None = None) -> Bundle:
 
 def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
     """Drop one artwork and write the next bundle version over ``bundle.path``; returns it, loaded."""
-    row = find_row(bundle, object_id)
+    row = bundle.row(object_id)
     if len(bundle.artworks) == 1:
         raise LastArtwork(f"artwork {object_id!r} is the only one in this index; an index cannot be empty")
     keep = np.array([i for i in range(len(bundle.artworks)) if i != row], dtype=np.int64)

@@ -142,10 +142,12 @@ class Recognizer:
         t2 = time.perf_counter()
         features, descriptors, voted = features_job.result()
         t3 = time.perf_counter()
-        regions = _regions(features, self.settings.vlad_regions)
-        segment_votes = (None if self.segments is None
-                         else self.segments.photo_votes(query_vector, descriptors, regions, allowed))
-        shortlist = self._shortlist(query_vector, descriptors, regions, k, allowed=allowed,
+        # The VLADs of the whole photo and its regions serve the VLAD ranking and the segment votes alike.
+        segments_vote = self.segments is not None and self.segments.settings.enabled
+        region_vlads = (self._region_vlads(features, descriptors)
+                        if segments_vote or self.settings.shortlist in {"fused", "local"} else None)
+        segment_votes = self.segments.photo_votes(query_vector, region_vlads, allowed) if segments_vote else None
+        shortlist = self._shortlist(query_vector, region_vlads, k, allowed=allowed,
                                     extra_rankings=segment_votes.fused_rankings if segment_votes else (), voted=voted)
         if segment_votes:  # the segments' best artworks are verified even when the whole-image rankings missed them
             shortlist += segment_votes.extra_rows(shortlist)
@@ -176,19 +178,19 @@ class Recognizer:
         return descriptor_votes.vote_ranking(self.bundle.votes, self._vote_owner, query_descriptors,
                                              len(self.bundle.artworks), k, self.settings.votes, allowed)
 
-    def _shortlist(self, query_vector: np.ndarray, query_descriptors: np.ndarray, regions: list[np.ndarray],
-                   k: int, allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = (),
+    def _shortlist(self, query_vector: np.ndarray, region_vlads: np.ndarray | None, k: int,
+                   allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = (),
                    voted: list[int] | None = None) -> list[int]:
         """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings (and ``extra_rankings``: the segment
         votes), fused by reciprocal rank, alternating with ``voted`` (the descriptor-vote ranking) when given.
-        ``regions``: keypoint masks of the photo's VLADs. ``allowed``: the rows metadata filters leave (searched,
-        not post-filtered)."""
+        ``region_vlads``: the photo's VLADs (whole, then regions). ``allowed``: the rows metadata filters leave
+        (searched, not post-filtered)."""
         mode = self.settings.shortlist
         rankings = [list(r) for r in extra_rankings]
         if mode in {"fused", "global"}:
             rankings.append(search(self.bundle.index, query_vector[None], k, allowed)[1][0])
         if mode in {"fused", "local"}:
-            rankings.append(self._vlad_ranking(query_descriptors, regions, k, allowed))
+            rankings.append(self._vlad_ranking(region_vlads, k, allowed))
         scores: dict[int, float] = {}
         for ranking in rankings:
             for rank, row in enumerate(ranking):
@@ -197,14 +199,17 @@ class Recognizer:
         fused = sorted(scores, key=lambda r: -scores[r])[:k]
         return fused if voted is None else _alternate(voted, fused, k)
 
-    def _vlad_ranking(self, query_descriptors: np.ndarray, regions: list[np.ndarray], k: int,
-                      allowed: np.ndarray | None = None) -> list[int]:
+    def _region_vlads(self, features: LocalFeatures, descriptors: np.ndarray) -> np.ndarray:
+        """VLAD of the whole photo, then (with ``vlad_regions``) of 4 overlapping quadrants and the centre."""
+        masks = _regions(features, self.settings.vlad_regions)
+        return np.stack([vlad.aggregate(descriptors[m], self.bundle.vocabulary) for m in masks])
+
+    def _vlad_ranking(self, region_vlads: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[int]:
         """Top-k rows by VLAD similarity, each scored by its best region of the photo (max, not rank fusion: a
         painting that one region shows clearly is not outvoted by the regions that show the wall or its frame)."""
         projection, index = self._vlad_split()
-        vlads = np.stack([vlad.aggregate(query_descriptors[m], self.bundle.vocabulary) for m in regions])
         best: dict[int, float] = {}
-        for vector in vlad.compact(vlads, projection):
+        for vector in vlad.compact(region_vlads, projection):
             # One query at a time: FAISS runs a batch of a few queries on OpenMP threads, which on a busy 2-core
             # machine cost 20 ms instead of 0.03 ms.
             sims, rows = search(index, vector[None], k, allowed)

@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from artlens.errors import BundleError, UnknownIdError, artwork_row
-from artlens.indexing.store import rle, vlad
+from artlens.errors import BundleError, UnknownIdError
+from artlens.indexing.store import rle
 from artlens.indexing.store.bundle import Bundle
 from artlens.indexing.store.segments import keypoints_in_box
 from artlens.indexing.store.vectors import search, search_compressed, search_parameter
@@ -62,31 +62,28 @@ class SegmentSearch:
         self.settings = settings
         self.bundle = bundle
         self.store = bundle.segments
-        self.row_of = {a["object_id"]: i for i, a in enumerate(bundle.artworks)}
         self._detail_cache: OrderedDict[int, tuple[LocalFeatures, np.ndarray]] = OrderedDict()
         self._detail_lock = threading.Lock()
 
     # -- recognition -------------------------------------------------------------------------------------
-    def photo_votes(self, query_vector: np.ndarray, query_descriptors: np.ndarray, regions: list[np.ndarray],
-                    allowed: np.ndarray | None = None) -> SegmentVotes | None:
+    def photo_votes(self, query_vector: np.ndarray, region_vlads: np.ndarray, allowed: np.ndarray | None = None
+                    ) -> SegmentVotes | None:
         """The segment candidates for a photo (None when segments are switched off): the local index searched
-        with the VLAD of the whole photo and of each region (``regions``: keypoint masks), the DINOv2 one with the
+        with the VLAD of the whole photo and of each region (``region_vlads``), the DINOv2 one with the
         photo's vector when pretrained. ``allowed``: the rows metadata filters leave (they get no region
         verification)."""
         if not self.settings.enabled:
             return None
-        votes = self._vote(query_vector, query_descriptors, regions)
+        votes = self._vote(query_vector, region_vlads)
         if allowed is None:
             return votes
         keep = set(np.asarray(allowed).tolist())
         return SegmentVotes([[r for r in ranking if r in keep] for ranking in votes.rankings],
                             {r: seg for r, seg in votes.best.items() if r in keep}, set(), votes.slots, votes.fuse)
 
-    def _vote(self, query_vector: np.ndarray, query_descriptors: np.ndarray, regions: list[np.ndarray]
-              ) -> SegmentVotes:
+    def _vote(self, query_vector: np.ndarray, region_vlads: np.ndarray) -> SegmentVotes:
         k = self.settings.hits_per_query
-        vlads = np.stack([vlad.aggregate(query_descriptors[m], self.bundle.vocabulary) for m in regions])
-        scores, ids = search(self.store.local_index, self.store.project(vlads), k)
+        scores, ids = search(self.store.local_index, self.store.project(region_vlads), k)
         local_best = self._best_per_artwork(scores, ids)
         rankings = [sorted(local_best, key=lambda r: -local_best[r][0])]
         best = {row: seg for row, (_, seg) in local_best.items()}
@@ -225,7 +222,7 @@ class SegmentSearch:
 
     def segments_of(self, object_id: str, *, with_polygons: bool = True) -> list[SegmentInfo]:
         """An artwork's segments, largest first."""
-        row = artwork_row(self.row_of, object_id)
+        row = self.bundle.row(object_id)
         return [self._info(int(segment), with_polygons) for segment in self.store.of_artwork(row)]
 
     def _info(self, segment: int, with_polygon: bool) -> SegmentInfo:

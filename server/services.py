@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artlens.embedder import Embedder
-from artlens.errors import ArtlensError, BundleError, ModelError, artwork_row
+from artlens.errors import ArtlensError, BundleError, ModelError
 from artlens.imaging import DecodeBudget, DecodeBusy, release_memory
 from artlens.indexing import incremental
 from artlens.indexing.collection import fetch_bytes
@@ -48,11 +48,15 @@ class IndexState:
     """One loaded bundle version with its recognizer: never mutated, replaced as a whole."""
 
     recognizer: Recognizer
-    rows: dict[str, int]  # object_id → bundle row
 
     @property
     def bundle(self) -> Bundle:
         return self.recognizer.bundle
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """object_id → bundle row."""
+        return self.bundle.rows
 
     @property
     def version(self) -> int:
@@ -72,7 +76,7 @@ class IndexState:
         return schemas.ModelInfo.from_summary(self.recognizer.model_summary, self.settings.shortlist)
 
     def row(self, object_id: str) -> int:
-        return artwork_row(self.rows, object_id)
+        return self.bundle.row(object_id)
 
 
 class IndexHolder:
@@ -107,7 +111,7 @@ class IndexHolder:
     def _load(self, bundle: Bundle) -> IndexState:
         embedder = self._embedder_for(bundle)
         recognizer = Recognizer(bundle, embedder=embedder, config={"top_k": self.settings.default_top_k})
-        state = IndexState(recognizer, {art["object_id"]: i for i, art in enumerate(bundle.artworks)})
+        state = IndexState(recognizer)
         self.embedder = embedder
         self.metrics.bundle_version.set(state.version)
         self.metrics.artworks.set(len(state.rows))

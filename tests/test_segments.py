@@ -253,7 +253,7 @@ def test_close_up_of_a_segment_verifies_on_its_detail_features(seg_recognizer):
     from artlens.verification import extract, prepare, verify
 
     search = seg_recognizer.segments
-    row = search.row_of[f"smvs-{DETAIL_OF}"]
+    row = search.bundle.rows[f"smvs-{DETAIL_OF}"]
     art = search.bundle.artworks[row]
     own = [int(j) for j in search.store.of_artwork(row) if len(search.store.detail.of(int(j))[0]) >= 50]
     assert own, "no segment of the test artwork has detail features"

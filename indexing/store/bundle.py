@@ -16,7 +16,7 @@ from typing import TypeVar
 import faiss
 import numpy as np
 
-from artlens.errors import BundleError
+from artlens.errors import BundleError, artwork_row
 from artlens.hashing import file_sha256
 from artlens.verification import LocalFeatures
 
@@ -70,6 +70,15 @@ class Bundle:
     local_index: faiss.Index
     segments: SegmentStore | None = None
     votes: faiss.Index | None = None  # descriptor-vote index (descriptor_votes.py); None in older bundles
+
+    @functools.cached_property
+    def rows(self) -> dict[str, int]:
+        """object_id → bundle row (ids are unique in a bundle)."""
+        return {art["object_id"]: row for row, art in enumerate(self.artworks)}
+
+    def row(self, object_id: str) -> int:
+        """The bundle row of ``object_id``; :class:`ArtworkNotFound` when the bundle does not hold it."""
+        return artwork_row(self.rows, object_id)
 
     @property
     def pretrained(self) -> bool:
