@@ -11,7 +11,7 @@ LOCK := requirements/lock.txt
 # `make lock` writes from .venv (requirements/lock.py). Only packages the lock names are pinned by it.
 PIP_LOCKED := $(BIN)/pip install --quiet -c $(LOCK)
 
-.PHONY: venv venv-gpu lock test-floors model demo test lint bench eval-smvs serve loadtest clean
+.PHONY: venv venv-gpu lock test-floors model demo test lint bench eval-smvs serve loadtest gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -55,8 +55,9 @@ test-floors:
 	$(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_embedder.py \
 	  tests/test_cli.py tests/test_server_api.py
 
-# Pretrained DINOv2 ViT-S/14 where a model hub is reachable; otherwise the same architecture, random-init
-# (pretrained: false, warned about loudly), so the demo still runs end to end offline.
+# Pretrained DINOv2 ViT-S/14 (224 px, the export default) where a model hub is reachable; otherwise the same
+# architecture, random-init (pretrained: false, warned about loudly), so the demo still runs end to end offline.
+# A model exported before at another size is kept: `rm -r models/dinov2-small` to export it again.
 model: $(MODEL)/model.json
 $(MODEL)/model.json: | venv
 	$(BIN)/artlens export dinov2 --model facebook/dinov2-small --out $(MODEL) --allow-download \
@@ -99,6 +100,12 @@ serve: venv
 loadtest: venv
 	$(BIN)/artlens bench http --index bundles/smvs --model $(MODEL) --queries $(SHARED)/data/smvs-museum/queries.csv \
 	  --clients 32 --duration 60 --reload-every 15 --json reports/loadtest.json
+
+# On a machine with an NVIDIA GPU: the gpu extra, DINOv2 ViT-S/14 and ViT-B/14 (random-init) in fp32 and fp16,
+# `bench model` at batch 1/8/32 and `bench recognition` on the CUDA provider, one JSON (reports/gpu-check.json).
+# Elsewhere it stops at once with one sentence (exit status 3). scripts/gpu-check.sh says more.
+gpu-check:
+	bash scripts/gpu-check.sh
 
 clean:
 	rm -rf $(OUT) bundles reports .pytest_cache

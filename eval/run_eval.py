@@ -14,6 +14,7 @@ from typing import Any
 
 from artlens.calibration.calibrate import build_calibrated_bundle
 from artlens.errors import CollectionError, ModelError
+from artlens.indexing.store.bundle import GLOBAL_SHORTLISTS
 from artlens.recognition.recognizer import Recognizer
 
 from .bench import describe_machine
@@ -71,7 +72,7 @@ def main(conf: EvalConf, hooks: EvalHooks | None = None) -> Path | None:
         if not query_sets:
             raise CollectionError(f"dataset {conf.dataset}: no query set among {conf.severity!r}")
         if index is None:
-            index = _dataset_bundle(prep, conf.work, conf.model, hooks.phase)
+            index = _dataset_bundle(prep, conf.work, conf.model, conf.shortlist, hooks.phase)
     recognizer = Recognizer(index, conf.model, config={"shortlist": conf.shortlist})
     hooks.recognizer_ready(recognizer)
     runs = []
@@ -96,14 +97,16 @@ def main(conf: EvalConf, hooks: EvalHooks | None = None) -> Path | None:
     return written
 
 
-def _dataset_bundle(prep: Prepared, work: Path, model: Path | None,
+def _dataset_bundle(prep: Prepared, work: Path, model: Path | None, shortlist: str,
                     phase: Callable[[str], AbstractContextManager[PhaseTick]]) -> Path:
-    """The dataset's bundle for ``model``, built (and calibrated on simulated photos) the first time."""
+    """The dataset's bundle for ``model`` and ``shortlist``, built (and calibrated on simulated photos) the first
+    time; a global shortlist gets a bundle of its own (built with global embeddings)."""
     if model is None:
         raise ModelError("--dataset without --index needs --model DIR to build the dataset's bundle")
-    bundle = work / prep.name / f"bundle-{model.resolve().name}"
+    built_for = shortlist if shortlist in GLOBAL_SHORTLISTS else "auto"
+    bundle = work / prep.name / (f"bundle-{model.resolve().name}" + ("" if built_for == "auto" else f"-{built_for}"))
     if not (bundle / "bundle.json").is_file():
         with phase(f"indexing {prep.name}") as tick:
-            build_calibrated_bundle(model, prep.collection, bundle,
+            build_calibrated_bundle(model, prep.collection, bundle, config={"shortlist": built_for},
                                     progress=lambda stage, done, total: tick(done, total, stage))
     return bundle

@@ -85,7 +85,9 @@ def _build_calibrated(model_dir: Path, sam_dir: Path, collection: Path, path: Pa
     from artlens.calibration.calibrate import build_calibrated_bundle
 
     started = time.perf_counter()
-    build_calibrated_bundle(model_dir, collection, path, config={"segments": segments} if segments else None,
+    # The segment bundle keeps its DINOv2 segment vectors whatever the model: they are measured here.
+    config = {"segments": segments, "always_embed": True} if segments else None
+    build_calibrated_bundle(model_dir, collection, path, config=config,
                             calibration={"synthetic_photos": cfg["calibration_photos"],
                                          "target_fpr": cfg["calibration_fpr"]},
                             progress=lambda stage, done, total: progress(f"build {name}: {stage}", done, total),

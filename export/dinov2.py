@@ -22,10 +22,9 @@ from artlens.hashing import file_sha256
 # Defaults, one place (hloc style). The CLI and callers override per export.
 CONFIG: dict[str, Any] = {
     "model": "facebook/dinov2-small",
-    # 448 (a 32×32 patch grid): recognition then costs 1.20× the bare forward vs 1.72× at 224 (same run,
-    # docs/benchmarks.md), DINOv2 features are sharper above its 224 pre-training size, and segment pooling
-    # needs a finer grid than 16×16.
-    "size": 448,
+    # 224 (a 16×16 patch grid): DINOv2's training size, and the one retrieval with its pretrained weights uses.
+    # 448 (--size 448) gives pooled segment vectors a 32×32 grid for 4–7× the forward (docs/model-contract.md).
+    "size": 224,
     "geometry": "squash",
     "pooling": "gem",
     "precision": "fp32",

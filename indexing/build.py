@@ -20,7 +20,7 @@ from artlens.errors import ArtlensError, CollectionError
 from artlens.files import moved_into_place
 from artlens.imaging import load_image
 from artlens.indexing.store import vlad
-from artlens.indexing.store.bundle import ReferenceFeatures
+from artlens.indexing.store.bundle import ReferenceFeatures, resolve_shortlist, uses_global_embedding
 from artlens.verification import FEATURE_CONFIG, LocalFeatures, matching_space
 
 from . import bundle_writer, descriptor_votes, renditions, segment_collection, vector_index, vocabulary
@@ -34,6 +34,11 @@ DEFAULT_CONFIG: dict = {
     "batch_size": 16,
     "segments": segment_collection.DEFAULT_CONFIG,  # used when build_bundle gets a SAM model (sam_dir)
     "votes": descriptor_votes.DEFAULT_CONFIG,  # the descriptor-vote shortlist's index; None: none is built
+    # The shortlist the bundle is built for (auto | fused | global | local; "auto": fused for a pretrained model,
+    # local for a random-init one). Global embeddings (one DINOv2 forward per artwork) are computed and stored only
+    # where recognition reads them: a fused or global shortlist, or a pretrained model.
+    "shortlist": "auto",
+    "always_embed": False,  # True: store global embeddings even where the shortlist does not read them (benchmarks)
 }
 
 # progress(stage, done, total): the CLI draws rich bars from it; library callers may pass None.
@@ -59,7 +64,8 @@ def build_bundle(
     before_commit: Callable[[Path], None] | None = None,
     sam_dir: str | Path | None = None,
 ) -> BuildReport:
-    """Embed every artwork, extract its local features, index it, and write the bundle atomically.
+    """Extract every artwork's local features, embed it (where the bundle's shortlist reads global embeddings:
+    ``config["shortlist"]``), index it, and write the bundle atomically.
 
     Bad rows (missing or undecodable image, duplicate id, …) are reported with their CSV line; with
     ``strict`` the first one fails the build and nothing is written. ``before_commit`` runs on the finished
@@ -77,10 +83,16 @@ def build_bundle(
         line, reason = skipped[0]
         raise CollectionError(f"{collection.path}:{line}: {reason} (--strict)")
     embedder = Embedder(model_dir)
+    try:
+        shortlist = resolve_shortlist(cfg["shortlist"], pretrained=embedder.info.pretrained)
+    except ValueError as exc:
+        raise ArtlensError(f"build setting 'shortlist': {exc}") from None
+    global_embedding = cfg["always_embed"] or uses_global_embedding(shortlist, pretrained=embedder.info.pretrained)
     segmenter = None
     if sam_dir is not None:
         segmenter = segment_collection.SegmentCollector(
-            sam_dir, embedder, with_defaults(segment_collection.DEFAULT_CONFIG, cfg["segments"]), feature_config)
+            sam_dir, embedder, with_defaults(segment_collection.DEFAULT_CONFIG, cfg["segments"]), feature_config,
+            global_embedding=global_embedding)
     tick = progress or (lambda stage, done, total: None)
 
     # Renditions are written into the staging directory as rows are read: a large collection's JPEGs never
@@ -115,11 +127,14 @@ def build_bundle(
                 # The segments' detail features are cut from a larger decode of the same bytes.
                 detail_rgb = load_image(data, max_side=segmenter.config["detail_side"]).rgb \
                     if segmenter.config["detail_keypoints"] > 0 else None
-                vectors.append(segmenter.add(len(artworks) - 1, row.object_id, decoded.rgb, (width, height),
-                                             feats[-1], detail_rgb)[None])
+                whole = segmenter.add(len(artworks) - 1, row.object_id, decoded.rgb, (width, height), feats[-1],
+                                      detail_rgb)
+                if whole is not None:
+                    vectors.append(whole[None])
                 tick("images", done, total)
                 continue
-            pending.append(decoded.rgb)
+            if global_embedding:
+                pending.append(decoded.rgb)
             if len(pending) >= cfg["batch_size"]:
                 vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
                 pending = []
@@ -128,8 +143,10 @@ def build_bundle(
             vectors.append(embedder.embed_arrays(pending, cfg["batch_size"]))
         if not artworks:
             raise CollectionError(f"{collection.path}: no usable rows ({len(skipped)} skipped); nothing to index")
-        embeddings = np.concatenate(vectors).astype(np.float32)
-        index, index_desc = vector_index.build_index(embeddings, cfg["index"])
+        embeddings, index, index_desc = None, None, None
+        if global_embedding:
+            embeddings = np.concatenate(vectors).astype(np.float32)
+            index, index_desc = vector_index.build_index(embeddings, cfg["index"])
         features = ReferenceFeatures.from_list(feats, feature_config["method"])
         if features.offsets[-1] == 0:  # nothing to learn a vocabulary from, nothing to verify against
             raise CollectionError(f"{collection.path}: no local features in any of the {len(artworks)} images"
@@ -151,9 +168,11 @@ def build_bundle(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "collection": {"csv": str(collection.path), "metadata_columns": collection.metadata_columns,
                            "rows": total, "skipped": [{"line": n, "reason": r} for n, r in sorted(skipped)]},
-            "model": {**embedder.info.public(), "embedding_dim": embedder.dim, "model_dir": str(model_dir)},
+            "model": {**embedder.info.public(), "embedding_dim": embedder.dim, "model_dir": str(model_dir),
+                      "global_embedding": global_embedding},
+            "shortlist": shortlist,
             "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
-            "index": index_desc,
+            "index": index_desc,  # None: no global embeddings
             "local_index": local_desc,
             "features": {"config": feature_config},
             **({"votes": votes_desc} if votes_desc else {}),
@@ -188,8 +207,9 @@ def _local_shortlist_index(features: ReferenceFeatures, vlad_config: dict, index
     for i in range(len(features)):
         ref, desc = features.get(i), space[features.offsets[i]:features.offsets[i + 1]]
         masks = vlad.region_masks(ref.keypoints, ref.image_size)
-        whole.append(vlad.aggregate(desc, visual_words))
-        regional.extend(vlad.aggregate(desc[m], visual_words) for m in masks[1:])
+        ref_vlads = vlad.aggregate_regions(desc, visual_words, masks)
+        whole.append(ref_vlads[0])
+        regional.extend(ref_vlads[1:])
     vectors = np.stack(whole)
     samples = np.concatenate([vectors, np.stack(regional)]) if regional else vectors
     projection = vocabulary.fit_projection(samples, len(visual_words), vlad_config)

@@ -16,23 +16,34 @@ import numpy as np
 from artlens.errors import BundleError
 from artlens.files import staging_directory
 from artlens.hashing import file_sha256
-from artlens.indexing.store.bundle import FEATURE_FILES, FORMAT, VOTES_FILE, ReferenceFeatures
+from artlens.indexing.store.bundle import (
+    FEATURE_FILES,
+    FORMAT,
+    GLOBAL_EMBEDDING_FILES,
+    VOTES_FILE,
+    ReferenceFeatures,
+    has_global_embedding,
+)
 from artlens.indexing.store.segments import segment_files
 
 from .renditions import stored_files_in
 
 
-def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddings: np.ndarray,
-                       index: faiss.Index, features: ReferenceFeatures, vocabulary: np.ndarray,
+def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddings: np.ndarray | None,
+                       index: faiss.Index | None, features: ReferenceFeatures, vocabulary: np.ndarray,
                        local_index: faiss.Index, votes: faiss.Index | None = None) -> None:
     """Write every file into ``staging`` (a fresh directory) and then bundle.json with their checksums.
-    ``votes`` needs bundle.json's "votes" description in ``meta`` (and the other way round)."""
+    ``votes`` needs bundle.json's "votes" description in ``meta`` (and the other way round); ``embeddings`` and
+    ``index`` are None exactly when ``meta`` says the bundle has no global embeddings."""
     if (votes is None) != (not meta.get("votes")):
         raise ValueError("a vote index and bundle.json's 'votes' description go together")
+    if (embeddings is None or index is None) == has_global_embedding(meta):
+        raise ValueError("global embeddings and their index go with bundle.json's model.global_embedding")
     (staging / "features").mkdir(parents=True, exist_ok=True)
     (staging / "artworks.json").write_text(json.dumps(artworks, ensure_ascii=False, indent=1))
-    np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
-    faiss.write_index(index, str(staging / "index.faiss"))
+    if embeddings is not None:
+        np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
+        faiss.write_index(index, str(staging / "index.faiss"))
     np.save(staging / "vocabulary.npy", vocabulary)
     faiss.write_index(local_index, str(staging / "local_index.faiss"))
     np.save(staging / "features" / "keypoints.npy", features.keypoints)
@@ -46,7 +57,8 @@ def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddin
 
 def write_meta(directory: Path, meta: dict) -> None:
     """(Re)write bundle.json with fresh checksums of the data files; atomic by rename within the directory."""
-    files = ["artworks.json", "embeddings.npy", "index.faiss", "vocabulary.npy", "local_index.faiss"]
+    files = ["artworks.json", *(GLOBAL_EMBEDDING_FILES if has_global_embedding(meta) else ()), "vocabulary.npy",
+             "local_index.faiss"]
     files += [f"features/{f}" for f in FEATURE_FILES]
     if meta.get("votes"):
         files.append(VOTES_FILE)

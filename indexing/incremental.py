@@ -2,7 +2,8 @@
 
 An added artwork is read like a collection row (reference.py) and appended to both FAISS indexes over the bundle's
 existing vocabulary and projection (no segments); a removed one's rows go and the indexes are rebuilt from the
-stored vectors. Calibration is kept. Each version is staged, loaded as a check, swapped in, ``version`` bumped.
+stored vectors. A bundle built without global embeddings stays without them (no model forward on an add).
+Calibration is kept. Each version is staged, loaded as a check, swapped in, ``version`` bumped.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     reference = read_reference(image, name=f"image of {object_id!r}", feature_config=bundle.meta["features"]["config"],
                                **load_limits)
     feats = reference.features
-    vector = embedder.embed_arrays([reference.image.rgb])[0].astype(np.float32)
     vlad_vector = vlad.aggregate(matching_space(feats.descriptors, feats.method), bundle.vocabulary).astype(np.float32)
     sha = hashlib.sha256(image).hexdigest()
     stored = f"{IMAGE_DIR}/{sha[:32]}.{extension}"
@@ -73,8 +73,12 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     artworks = [*bundle.artworks, {"object_id": object_id, "image": stored, "stored_image": stored,
                                    "rendition": rendition, "width": width, "height": height,
                                    "metadata": dict(metadata)}]
-    index = faiss.clone_index(bundle.index)
-    index.add(vector[None])
+    embeddings, index = None, None
+    if bundle.embeddings is not None:
+        vector = embedder.embed_arrays([reference.image.rgb])[0].astype(np.float32)
+        embeddings = np.concatenate([np.asarray(bundle.embeddings), vector[None]])
+        index = faiss.clone_index(bundle.index)
+        index.add(vector[None])
     # The VLAD index may carry a PCA projection in front (IndexPreTransform, which FAISS cannot clone): add the
     # compact vector to a copy of the inner index and put the same projection in front again.
     projection, inner = vlad.split_index(bundle.local_index, len(bundle.vocabulary))
@@ -89,7 +93,6 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
         sizes=np.concatenate([old.sizes, np.asarray([feats.image_size], dtype=np.int32)]),
         method=old.method,
     )
-    embeddings = np.concatenate([np.asarray(bundle.embeddings), vector[None]])
     votes = None
     if bundle.votes is not None:  # ids are descriptor positions: the new artwork's come last
         grown = with_added(bundle.votes, feats)
@@ -121,7 +124,7 @@ def add_renditions(bundle: Bundle) -> tuple[Bundle, list[tuple[str, str]]]:
     if not staged:
         return bundle, failed
     votes = None if bundle.votes is None else (bundle.votes, bundle.meta["votes"])
-    return _write_version(bundle, "renditions", artworks, np.asarray(bundle.embeddings), bundle.index,
+    return _write_version(bundle, "renditions", artworks, bundle.embeddings, bundle.index,
                           bundle.features, bundle.local_index, new_files=staged, votes=votes), failed
 
 
@@ -129,7 +132,7 @@ def add_vote_index(bundle: Bundle, config: dict | None = None) -> Bundle:
     """Give a bundle built before descriptor votes its vote index (or rebuild it with ``config``), as the next
     bundle version; the rest is carried over unchanged. Recalibrate afterwards: the shortlist changes."""
     index, desc = build_vote_index(bundle.features, config)
-    return _write_version(bundle, "vote index", bundle.artworks, np.asarray(bundle.embeddings), bundle.index,
+    return _write_version(bundle, "vote index", bundle.artworks, bundle.embeddings, bundle.index,
                           bundle.features, bundle.local_index, votes=(index, desc))
 
 
@@ -140,12 +143,14 @@ def remove_artwork(bundle: Bundle, object_id: str) -> Bundle:
         raise LastArtwork(f"artwork {object_id!r} is the only one in this index; an index cannot be empty")
     keep = np.array([i for i in range(len(bundle.artworks)) if i != row], dtype=np.int64)
     artworks = [bundle.artworks[i] for i in keep]
-    embeddings = np.asarray(bundle.embeddings)[keep]
+    embeddings, index = None, None
+    if bundle.embeddings is not None:
+        embeddings = np.asarray(bundle.embeddings)[keep]
+        index, _ = vector_index.build_index(embeddings, bundle.meta["index"])
     # The VLAD index may carry a PCA projection (FAISS IndexPreTransform): rebuild its inner index of compact
     # vectors and wrap it with the same projection again.
     projection, inner = vlad.split_index(bundle.local_index, len(bundle.vocabulary))
     compact = inner.reconstruct_n(0, inner.ntotal)[keep]
-    index, _ = vector_index.build_index(embeddings, bundle.meta["index"])
     local_inner, _ = vector_index.build_index(compact, bundle.meta["local_index"])
     local_index = vlad.projection_index(projection, local_inner)
     old = bundle.features
@@ -172,9 +177,11 @@ def remove_artwork_segments(store: SegmentStore, desc: dict, row: int) -> tuple[
     records = []
     for j, new_row in zip(keep, artwork, strict=True):
         records.append({**store.records[int(j)], "artwork": int(new_row)})
-    vectors = np.ascontiguousarray(np.asarray(store.vectors)[keep], np.float32)
+    vectors, index, index_desc = None, None, None
+    if store.vectors is not None:  # DINOv2 segment vectors (bundles with global embeddings)
+        vectors = np.ascontiguousarray(np.asarray(store.vectors)[keep], np.float32)
+        index, index_desc = segment_vector_index(vectors, _compressed_settings(desc["index"]))
     local = np.ascontiguousarray(np.asarray(store.local)[keep], np.float32)
-    index, index_desc = segment_vector_index(vectors, _compressed_settings(desc["index"]))
     local_index, local_desc = vector_index.build_index(local, _exact_settings(desc["local"]["index"]))
     detail = None
     if store.detail is not None:  # per-segment detail features: keep the kept segments' rows, in order
@@ -213,8 +220,8 @@ def _exact_settings(recorded: dict) -> dict:
     return settings
 
 
-def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings: np.ndarray, index: faiss.Index,
-                   features: ReferenceFeatures, local_index: faiss.Index,
+def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings: np.ndarray | None,
+                   index: faiss.Index | None, features: ReferenceFeatures, local_index: faiss.Index,
                    new_files: dict[str, bytes] | None = None,
                    segments: tuple[SegmentStore, dict] | None = None,
                    votes: tuple[faiss.Index, dict] | None = None) -> Bundle:
@@ -224,7 +231,7 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
     meta = {**bundle.meta, "version": version, "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             "last_change": change,
             "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
-            "index": {**bundle.meta["index"], "count": int(index.ntotal)},
+            "index": None if index is None else {**bundle.meta["index"], "count": int(index.ntotal)},
             "local_index": {**bundle.meta["local_index"], "count": int(local_index.ntotal)}}
     if segments is not None:
         meta["segments"] = segments[1]

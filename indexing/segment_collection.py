@@ -53,10 +53,12 @@ class SegmentCollector:
     """Segments artworks one by one during the build, then builds the segment indexes once the vocabulary exists.
 
     Masks are not kept in memory across artworks: only their RLE and the reference keypoints they contain.
+    ``global_embedding`` False (a bundle without global embeddings): no DINOv2 forward at all, segments get only
+    their local descriptors (bundle.json segments "mode": "none").
     """
 
     def __init__(self, sam_dir: str | Path, embedder: Embedder, config: dict | None = None,
-                 feature_config: dict | None = None):
+                 feature_config: dict | None = None, *, global_embedding: bool = True):
         self.config = with_defaults(DEFAULT_CONFIG, config)
         self.feature_config = with_defaults(FEATURE_CONFIG, feature_config)
         self.amg_config = with_defaults(amg.DEFAULT_CONFIG, self.config["amg"])
@@ -65,6 +67,7 @@ class SegmentCollector:
                              f"{', '.join(segment_vectors.MODES)}")
         self.sam = SamModel(sam_dir)
         self.embedder = embedder
+        self.global_embedding = global_embedding
         self.records: list[dict] = []
         self.artwork: list[int] = []
         self.vectors: list[np.ndarray] = []
@@ -74,16 +77,18 @@ class SegmentCollector:
         self.seconds = {"sam": 0.0, "embed": 0.0, "detail": 0.0}
 
     def add(self, row: int, object_id: str, rgb: np.ndarray, original_size: tuple[int, int],
-            feats: LocalFeatures, detail_rgb: np.ndarray | None = None) -> np.ndarray:
+            feats: LocalFeatures, detail_rgb: np.ndarray | None = None) -> np.ndarray | None:
         """Segment one artwork and embed it; returns its whole-image vector [D] (from the same forward in pooled
-        mode). ``detail_rgb``: the reference at up to ``detail_side`` for the detail features (default ``rgb``)."""
+        mode), None without global embeddings. ``detail_rgb``: the reference at up to ``detail_side`` for the
+        detail features (default ``rgb``)."""
 
         t0 = time.perf_counter()
         segs = amg.generate(self.sam, rgb, self.amg_config)
         t1 = time.perf_counter()
-        if self.config["mode"] == "pooled":
+        whole, vecs = None, [None] * len(segs)
+        if self.global_embedding and self.config["mode"] == "pooled":
             whole, vecs = segment_vectors.segment_vectors_pooled(self.embedder, rgb, [s.mask for s in segs])
-        else:
+        elif self.global_embedding:
             whole = self.embedder.embed_arrays([rgb])[0]
             vecs = segment_vectors.crop_vectors(self.embedder, rgb, segs)
         self.seconds["sam"] += t1 - t0
@@ -99,7 +104,8 @@ class SegmentCollector:
                 "stability": round(seg.stability, 4), "rle": amg.encode_rle(seg.mask),
             })
             self.artwork.append(row)
-            self.vectors.append(vec)
+            if vec is not None:
+                self.vectors.append(vec)
             self.members.append(keypoints_in_mask(seg.mask, feats, self.config["dilate"]))
         t2 = time.perf_counter()
         source = rgb if detail_rgb is None else detail_rgb
@@ -114,9 +120,11 @@ class SegmentCollector:
     def finish(self, descriptors_of: list[np.ndarray], vocabulary: np.ndarray) -> tuple[SegmentStore, dict]:
         """``descriptors_of[row]``: that artwork's descriptors in matching space. Returns the store and its
         description for bundle.json."""
-        dim = self.embedder.dim
-        vectors = np.stack(self.vectors).astype(np.float32) if self.vectors else np.zeros((0, dim), np.float32)
-        index, index_desc = segment_vector_index(vectors, self.config["index"])
+        vectors, index, index_desc = None, None, None
+        if self.global_embedding:
+            dim = self.embedder.dim
+            vectors = np.stack(self.vectors).astype(np.float32) if self.vectors else np.zeros((0, dim), np.float32)
+            index, index_desc = segment_vector_index(vectors, self.config["index"])
         vlads = np.zeros((len(self.records), vocabulary.size), np.float32)
         usable = np.zeros(len(self.records), bool)
         method = self.feature_config["method"]
@@ -140,7 +148,8 @@ class SegmentCollector:
         n_art = len(set(self.artwork))
         desc = {
             "count": len(self.records), "artworks_with_segments": n_art,
-            "mode": self.config["mode"], "sam": self.sam.info.public(), "amg": self.amg_config,
+            "mode": self.config["mode"] if self.global_embedding else "none", "sam": self.sam.info.public(),
+            "amg": self.amg_config,
             "index": index_desc,
             "local": {"method": "vlad-pca", "dims": int(components.shape[0]),
                       "min_keypoints": self.config["min_keypoints"], "dilate": self.config["dilate"],

@@ -29,7 +29,8 @@ class BurstRecognition:
 
 def _strength(evidence: Evidence) -> tuple[int, float]:
     verification = evidence.verification
-    return (verification.inliers if verification.plausible else 0, evidence.similarity)
+    similarity = 0.0 if evidence.similarity is None else evidence.similarity  # None: not embedded, no tie-break
+    return (verification.inliers if verification.plausible else 0, similarity)
 
 
 def recognize_burst(recognizer: Recognizer, sources: list[str | Path | bytes], *, top_k: int | None = None,

@@ -1,8 +1,9 @@
 """Calibrated confidence, the online side: apply a fitted logistic model to verification evidence.
 
 The evidence of one (photo, candidate) pair is ``[log(1 + RANSAC inliers of a plausible homography),
-global-descriptor similarity]`` (FEATURE_NAMES; why these two: docs/benchmarks.md). The fit and the threshold
-are chosen at build time by ``artlens.calibration.fit``.
+global-descriptor similarity]`` (FEATURE_NAMES; why these two: docs/benchmarks.md); the similarity is NaN where
+the photo was not embedded, which only calibrations without it (RANDOM_INIT_FEATURES) accept. The fit and the
+threshold are chosen at build time by ``artlens.calibration.fit``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ class Calibration:
 
     def confidence(self, evidence: np.ndarray) -> np.ndarray:
         """Probability that each row's candidate is the artwork in the photo, in [0, 1]."""
-        z = ((self.select(evidence) - self.mean) / self.scale) @ self.weights + self.bias
+        selected = self.select(evidence)
+        if np.isnan(selected).any():  # a feature that was not computed (the similarity of a photo not embedded)
+            raise ValueError(f"calibration on {', '.join(self.features)} got evidence without some of them")
+        z = ((selected - self.mean) / self.scale) @ self.weights + self.bias
         return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
     def to_json(self) -> dict:

@@ -1,4 +1,5 @@
-"""Photo → embed → FAISS shortlist → geometric verification → calibrated confidence → answer."""
+"""Photo → local features (+ the model's embedding where it is used) → shortlist → geometric verification →
+calibrated confidence → answer."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from artlens.verification import LocalFeatures, Verification, extract, prepare, 
 from .confidence import Calibration
 from .results import Candidate, ModelSummary, Recognition, SegmentRef
 from .segment_search import SegmentSearch, SegmentVotes
-from .settings import RecognitionSettings, resolve_settings
+from .settings import MethodUnavailable, RecognitionSettings, resolve_settings
 
 
 @dataclass
@@ -34,14 +35,16 @@ class Evidence:
 
     row: int
     rank: int
-    similarity: float
+    similarity: float | None  # global-descriptor cosine; None where the photo was not embedded
     verification: Verification
     segment: SegmentRef | None = None  # the segment of the reference the photo shows (a detail)
 
     def vector(self) -> np.ndarray:
-        """The evidence the calibration sees (recognition/confidence.py FEATURE_NAMES)."""
+        """The evidence the calibration sees (recognition/confidence.py FEATURE_NAMES); a similarity that was not
+        computed is NaN (a calibration that reads it refuses it)."""
         inliers = self.verification.inliers if self.verification.plausible else 0
-        return np.array([np.log1p(inliers), self.similarity], dtype=np.float64)
+        similarity = np.nan if self.similarity is None else self.similarity
+        return np.array([np.log1p(inliers), similarity], dtype=np.float64)
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Analysis:
     decoded: DecodedImage
     candidates: list[Evidence]
     timings_ms: dict[str, float]
-    query_vector: np.ndarray  # [D] global descriptor
+    query_vector: np.ndarray | None  # [D] global descriptor; None when the settings do not use it (no forward)
     query_features: LocalFeatures
     query_descriptors: np.ndarray  # query_features' descriptors in matching space
     top_k: int  # the shortlist size it was analysed with
@@ -79,7 +82,6 @@ class Recognizer:
             raise ModelError(f"model {embedder.model_dir} is not the one bundle {self.bundle.path} was built with: "
                              + "; ".join(mismatch) + ". Pass --model with the bundle's model, or rebuild the bundle")
         self.embedder = embedder
-        self.settings: RecognitionSettings = resolve_settings(config, pretrained=embedder.info.pretrained)
         self.feature_config = self.bundle.meta["features"]["config"]
         self.calibration = None
         problem = "bundle has no calibration"
@@ -91,6 +93,15 @@ class Recognizer:
         if self.calibration is None and require_calibration:
             raise BundleError(f"{self.bundle.path}: {problem}; run `artlens calibrate --index {self.bundle.path}`"
                               " or rebuild it with `artlens index build`")
+        on_similarity = self.calibration is not None and "similarity" in self.calibration.features
+        self.settings: RecognitionSettings = resolve_settings(config, pretrained=embedder.info.pretrained,
+                                                              built_for=self.bundle.built_for,
+                                                              calibrated_on_similarity=on_similarity)
+        if self.settings.uses_global_embedding and self.bundle.embeddings is None:
+            needs = "its calibration" if on_similarity else f"shortlist {self.settings.shortlist!r}"
+            raise BundleError(f"{needs} needs global embeddings, and this bundle was built without them (random-init"
+                              f" model, shortlist {self.bundle.built_for!r}); rebuild it with `artlens index build"
+                              " --shortlist fused`, or recognise with shortlist local", path=self.bundle.path)
         self.model_summary = ModelSummary(id=embedder.info.source, pretrained=embedder.info.pretrained,
                                           sha256=embedder.info.sha256)
         self.segments: SegmentSearch | None = None
@@ -104,6 +115,17 @@ class Recognizer:
         # Local features are extracted while ONNX Runtime runs the model: both release the GIL, and the
         # overlap hides part of the feature stage (docs/benchmarks.md).
         self._feature_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="artlens-features")
+        self.signals = self._signals()
+
+    def _signals(self) -> list[str]:
+        """What the answers rest on, in a fixed order (every Recognition's ``signals``)."""
+        settings = self.settings
+        used = {"local_features": True,  # verification: RootSIFT matches and a homography, always
+                "vlad": settings.shortlist in {"fused", "local"},
+                "descriptor_votes": self._vote_owner is not None,
+                "segments": self.segments is not None and settings.segments.enabled,
+                "global_embedding": settings.uses_global_embedding}
+        return [signal for signal, on in used.items() if on]
 
     @property
     def threshold(self) -> float:
@@ -127,20 +149,26 @@ class Recognizer:
 
         ``allowed``: bundle rows the shortlist may hold (metadata filters, applied inside the FAISS searches).
         ``embed``: rgb → descriptor [D]; the service passes a micro-batcher here so concurrent photos share one
-        ONNX call. Default: this photo alone through the embedder. ``budget``: the decode counts against it
-        (the service's concurrent decodes, imaging.DecodeBudget).
+        ONNX call. Default: this photo alone through the embedder. Neither runs when the settings do not use the
+        global embedding (``uses_global_embedding``): then there is no "embed" stage. ``budget``: the decode
+        counts against it (the service's concurrent decodes, imaging.DecodeBudget).
         """
         k = self.settings.shortlist_size(top_k)
         t0 = time.perf_counter()
         decoded = load_image(source, name=name, max_side=self.feature_config["max_side"], max_pixels=max_pixels,
                              max_bytes=max_bytes, budget=budget)
         t1 = time.perf_counter()
-        # The descriptor votes need only the photo's local features: they run in the same thread, also behind
-        # the forward pass.
-        features_job = self._feature_pool.submit(self._features_and_votes, decoded.rgb, k, allowed)
-        query_vector = self.embedder.embed_arrays([decoded.rgb])[0] if embed is None else embed(decoded.rgb)
-        t2 = time.perf_counter()
-        features, descriptors, voted = features_job.result()
+        query_vector = None
+        if self.settings.uses_global_embedding:
+            # The descriptor votes need only the photo's local features: they run in the same thread, also behind
+            # the forward pass.
+            features_job = self._feature_pool.submit(self._features_and_votes, decoded.rgb, k, allowed)
+            query_vector = self.embedder.embed_arrays([decoded.rgb])[0] if embed is None else embed(decoded.rgb)
+            t2 = time.perf_counter()
+            features, descriptors, voted = features_job.result()
+        else:
+            t2 = t1
+            features, descriptors, voted = self._features_and_votes(decoded.rgb, k, allowed)
         t3 = time.perf_counter()
         # The VLADs of the whole photo and its regions serve the VLAD ranking and the segment votes alike.
         segments_vote = self.segments is not None and self.segments.settings.enabled
@@ -155,8 +183,9 @@ class Recognizer:
         analysis = Analysis(decoded, [], {}, query_vector, features, descriptors, k, segment_votes)
         analysis.candidates = [self.evidence(analysis, row, rank) for rank, row in enumerate(shortlist, start=1)]
         t5 = time.perf_counter()
-        # "features" is only the part of feature extraction that outlasted the model's forward pass.
-        analysis.timings_ms = {"decode": (t1 - t0) * 1e3, "embed": (t2 - t1) * 1e3, "features": (t3 - t2) * 1e3,
+        # With a forward pass, "features" is only the part of feature extraction that outlasted it.
+        embed_ms = {"embed": (t2 - t1) * 1e3} if query_vector is not None else {}
+        analysis.timings_ms = {"decode": (t1 - t0) * 1e3, **embed_ms, "features": (t3 - t2) * 1e3,
                                "search": (t4 - t3) * 1e3, "verify": (t5 - t4) * 1e3}
         return analysis
 
@@ -178,7 +207,7 @@ class Recognizer:
         return descriptor_votes.vote_ranking(self.bundle.votes, self._vote_owner, query_descriptors,
                                              len(self.bundle.artworks), k, self.settings.votes, allowed)
 
-    def _shortlist(self, query_vector: np.ndarray, region_vlads: np.ndarray | None, k: int,
+    def _shortlist(self, query_vector: np.ndarray | None, region_vlads: np.ndarray | None, k: int,
                    allowed: np.ndarray | None = None, extra_rankings: list[list[int]] | tuple = (),
                    voted: list[int] | None = None) -> list[int]:
         """Bundle rows to verify, best first: DINOv2 and/or VLAD rankings (and ``extra_rankings``: the segment
@@ -201,8 +230,8 @@ class Recognizer:
 
     def _region_vlads(self, features: LocalFeatures, descriptors: np.ndarray) -> np.ndarray:
         """VLAD of the whole photo, then (with ``vlad_regions``) of 4 overlapping quadrants and the centre."""
-        masks = _regions(features, self.settings.vlad_regions)
-        return np.stack([vlad.aggregate(descriptors[m], self.bundle.vocabulary) for m in masks])
+        return vlad.aggregate_regions(descriptors, self.bundle.vocabulary,
+                                      _regions(features, self.settings.vlad_regions))
 
     def _vlad_ranking(self, region_vlads: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[int]:
         """Top-k rows by VLAD similarity, each scored by its best region of the photo (max, not rank fusion: a
@@ -227,8 +256,12 @@ class Recognizer:
     def similar_artworks(self, row: int, count: int, method: str = "auto") -> tuple[str, list[tuple[int, float]]]:
         """The method used ("auto": ``settings.similar_method``) and the ``count`` artworks nearest to bundle row
         ``row`` by it, best first, as (row, similarity), never ``row`` itself: "vlad" compares the compact
-        weight-free VLAD vectors, "dinov2" the global embeddings."""
+        weight-free VLAD vectors, "dinov2" the global embeddings (MethodUnavailable in a bundle without them)."""
         method = self.settings.resolve_similar_method(method)
+        if method == "dinov2" and self.bundle.embeddings is None:
+            raise MethodUnavailable("similar artworks by method 'dinov2' compare global embeddings, and this index was"
+                                    " built without them (random-init model); use method=vlad, or rebuild the index"
+                                    " with `artlens index build --shortlist fused`")
         if method == "vlad":
             index = self._vlad_split()[1]
             vector = index.reconstruct(row)
@@ -240,7 +273,9 @@ class Recognizer:
 
     def evidence(self, analysis: Analysis, row: int, rank: int) -> Evidence:
         """Verify the photo against bundle row ``row`` (calibration also uses it for rows outside the shortlist)."""
-        similarity = float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
+        similarity = None
+        if analysis.query_vector is not None:
+            similarity = float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
         ref = self.bundle.features.get(row)
         ref_desc = self._reference_descriptors(row)
         ver = verify(analysis.query_features, analysis.query_descriptors, ref, ref_desc, self.settings.verify)
@@ -280,7 +315,7 @@ class Recognizer:
             best_rejected=None if accepted else best_rejected, threshold=threshold,
             top_k=analysis.top_k, model=self.model_summary,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
-            image_size=list(analysis.decoded.original_size),
+            image_size=list(analysis.decoded.original_size), signals=list(self.signals),
         )
 
     def rank(self, analysis: Analysis, threshold: float) -> list[Candidate]:
@@ -305,7 +340,8 @@ class Recognizer:
         outline = None if ver.outline is None else np.round(ver.outline, 5).tolist()
         return Candidate(
             object_id=art["object_id"], metadata=art["metadata"], confidence=round(confidence, 5),
-            verified=bool(ver.plausible and confidence >= threshold), similarity=round(evidence.similarity, 5),
+            verified=bool(ver.plausible and confidence >= threshold),
+            similarity=None if evidence.similarity is None else round(evidence.similarity, 5),
             retrieval_rank=evidence.rank, matches=ver.matches, inliers=ver.inliers,
             inlier_ratio=round(ver.inlier_ratio, 4), outline=outline, rejected=ver.rejected, segment=evidence.segment,
         )

@@ -44,7 +44,7 @@ class Candidate(msgspec.Struct):
     metadata: dict[str, str]
     confidence: float  # calibrated probability that this is the artwork in the photo
     verified: bool  # confidence ≥ threshold and a plausible homography
-    similarity: float  # global-descriptor cosine similarity
+    similarity: float | None  # global-descriptor cosine similarity; None where the photo was not embedded
     retrieval_rank: int  # 1-based rank in the FAISS shortlist
     matches: int
     inliers: int
@@ -61,5 +61,8 @@ class Recognition(msgspec.Struct):
     threshold: float
     top_k: int
     model: ModelSummary
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float]  # per stage; no "embed" where the photo was not embedded
     image_size: list[int]  # [width, height] of the photo, upright
+    # What the answer rests on, of: "local_features" (verification, always), "vlad", "descriptor_votes",
+    # "segments", "global_embedding" (the model's forward pass: absent with a random-init model's local shortlist).
+    signals: list[str]

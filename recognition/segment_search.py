@@ -23,7 +23,7 @@ from artlens.indexing.store.vectors import search, search_compressed, search_par
 from artlens.verification import LocalFeatures, Verification, prepare, verify
 
 from .results import SegmentHit, SegmentInfo, SegmentRef
-from .settings import SegmentSettings
+from .settings import MethodUnavailable, SegmentSettings
 
 
 @dataclass
@@ -66,11 +66,12 @@ class SegmentSearch:
         self._detail_lock = threading.Lock()
 
     # -- recognition -------------------------------------------------------------------------------------
-    def photo_votes(self, query_vector: np.ndarray, region_vlads: np.ndarray, allowed: np.ndarray | None = None
-                    ) -> SegmentVotes | None:
+    def photo_votes(self, query_vector: np.ndarray | None, region_vlads: np.ndarray,
+                    allowed: np.ndarray | None = None) -> SegmentVotes | None:
         """The segment candidates for a photo (None when segments are switched off): the local index searched
         with the VLAD of the whole photo and of each region (``region_vlads``), the DINOv2 one with the
-        photo's vector when pretrained. ``allowed``: the rows metadata filters leave (they get no region
+        photo's vector when pretrained (``query_vector`` is None only where the settings do not use the global
+        embedding, never for a pretrained model). ``allowed``: the rows metadata filters leave (they get no region
         verification)."""
         if not self.settings.enabled:
             return None
@@ -81,7 +82,7 @@ class SegmentSearch:
         return SegmentVotes([[r for r in ranking if r in keep] for ranking in votes.rankings],
                             {r: seg for r, seg in votes.best.items() if r in keep}, set(), votes.slots, votes.fuse)
 
-    def _vote(self, query_vector: np.ndarray, region_vlads: np.ndarray) -> SegmentVotes:
+    def _vote(self, query_vector: np.ndarray | None, region_vlads: np.ndarray) -> SegmentVotes:
         k = self.settings.hits_per_query
         scores, ids = search(self.store.local_index, self.store.project(region_vlads), k)
         local_best = self._best_per_artwork(scores, ids)
@@ -237,10 +238,15 @@ class SegmentSearch:
 
         ``space``: ``local`` (weight-free VLAD of the segment's keypoints: finds the same motif, e.g. a copy or
         a reused cartoon), ``dinov2`` (semantic similarity; meaningful only for a pretrained model), or
-        ``auto`` (dinov2 when the model is pretrained, local otherwise)."""
+        ``auto`` (dinov2 when the model is pretrained, local otherwise). MethodUnavailable: dinov2 in a bundle
+        without DINOv2 segment vectors."""
         space = self.settings.resolve_space(space)
         if k < 1:
             raise ValueError("k must be at least 1")
+        if space == "dinov2" and self.store.vectors is None:
+            raise MethodUnavailable("segment search in space 'dinov2' compares DINOv2 segment vectors, and this index"
+                                    " was built without them (random-init model); use space=local, or rebuild the"
+                                    " index with `artlens index build --segments --shortlist fused`")
         query_segment = self.index_of(segment_id)
         vectors, index = (self.store.vectors, self.store.index) if space == "dinov2" else \
             (self.store.local, self.store.local_index)

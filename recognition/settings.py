@@ -1,7 +1,9 @@
-"""What a Recognizer runs with, resolved once from the defaults, a config dict and the model's ``pretrained`` flag.
+"""What a Recognizer runs with, resolved once from the defaults, a config dict, the model's ``pretrained`` flag and
+the shortlist the bundle was built for.
 
-Every "auto" choice (shortlist mode, similar-artworks method, segment search space) is decided here and nowhere
-else: the server, calibration and evaluation read the resolved values.
+Every "auto" choice (shortlist mode, similar-artworks method, segment search space) and whether a photo goes through
+the model at all is decided here (the shortlist rule itself lives beside the bundle, which a build records it in:
+indexing/store/bundle.py) and nowhere else: the server, calibration and evaluation read the resolved values.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from artlens.errors import ArtlensError
+from artlens.indexing.store.bundle import SHORTLIST_MODES as SHORTLIST_MODES  # the modes, one list for all
+from artlens.indexing.store.bundle import resolve_shortlist, uses_global_embedding
 from artlens.indexing.store.votes import SEARCH_CONFIG as VOTES_CONFIG
 from artlens.verification import VERIFY_CONFIG
 
-SHORTLIST_MODES = ("auto", "fused", "global", "local")
 SIMILAR_METHODS = ("auto", "vlad", "dinov2")
 SEGMENT_SPACES = ("auto", "dinov2", "local")
 DEFAULT_TOP_K = 20  # shortlist verified per photo: SMVS gate precision@1 0.957 (eval/baselines/smvs-tiny.json)
+
+
+class MethodUnavailable(ArtlensError):
+    """A search method or space that this bundle holds no data for (built without global embeddings)."""
+
+    code = "method_unavailable"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,10 +74,14 @@ class RecognitionSettings:
 
     top_k: int = DEFAULT_TOP_K
     # Which rankings make the shortlist: "fused" (DINOv2 and VLAD by reciprocal-rank fusion), "global" (DINOv2
-    # only) or "local" (VLAD only). Asked as "auto": fused for a pretrained model, local for a random-init one (its
-    # descriptors rank SMVS at chance level, recall@10 0.17, and would only take verification slots).
+    # only) or "local" (VLAD only). Asked as "auto": the one the bundle was built for, else fused for a pretrained
+    # model, local for a random-init one (its descriptors rank SMVS at chance level, recall@10 0.17, and would only
+    # take verification slots).
     shortlist: str
     shortlist_requested: str = "auto"  # as configured, before "auto" was resolved (evaluation reports record it)
+    # Whether a photo goes through the model at all: its global embedding is read by a fused or global shortlist,
+    # by a pretrained model's calibration (similarity) and DINOv2 segment votes. False: no forward pass.
+    uses_global_embedding: bool
     rrf_k: int = 60
     # VLAD of the whole photo plus of 5 overlapping regions (4 quadrants of 60 %, the centre): a painting that fills
     # a small part of a gallery-wall photo dominates some region's VLAD. A reference scores its best similarity over
@@ -99,7 +113,8 @@ class RecognitionSettings:
         return self.similar_method if method == "auto" else method
 
 
-_RESOLVED = {"shortlist", "shortlist_requested", "pretrained", "similar_method", "segments", "search_space"}
+_RESOLVED = {"shortlist", "shortlist_requested", "uses_global_embedding", "pretrained", "similar_method", "segments",
+             "search_space"}
 
 
 def _tunable(cls: type, given: Mapping[str, Any], what: str, known: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -126,15 +141,18 @@ def resolve_segment_settings(config: Mapping[str, Any] | None = None, *, pretrai
                            search_space="dinov2" if pretrained else "local")
 
 
-def resolve_settings(config: Mapping[str, Any] | None = None, *, pretrained: bool) -> RecognitionSettings:
+def resolve_settings(config: Mapping[str, Any] | None = None, *, pretrained: bool, built_for: str | None = None,
+                     calibrated_on_similarity: bool = False) -> RecognitionSettings:
     """Recognition settings: the defaults, then ``config`` (keys as RecognitionSettings' fields, ``segments`` a
-    dict of SegmentSettings' fields); every "auto" resolved for a (non-)``pretrained`` model."""
+    dict of SegmentSettings' fields); every "auto" resolved for a (non-)``pretrained`` model and the shortlist the
+    bundle was ``built_for`` (bundle.json "shortlist"; None for older bundles). ``calibrated_on_similarity``: the
+    bundle's calibration reads the global-descriptor similarity, so the photo's embedding is needed."""
     given = dict(config or {})
     requested = given.pop("shortlist", "auto")
-    if requested not in SHORTLIST_MODES:
-        raise ValueError(f"unknown shortlist mode {requested!r} ({', '.join(SHORTLIST_MODES)})")
-    shortlist = ("fused" if pretrained else "local") if requested == "auto" else requested
+    shortlist = resolve_shortlist(requested, pretrained=pretrained, built_for=built_for)
     segments = resolve_segment_settings(given.pop("segments", None), pretrained=pretrained)
     tunable = _tunable(RecognitionSettings, given, "recognition", ("shortlist", "segments"))
-    return RecognitionSettings(**tunable, shortlist=shortlist, shortlist_requested=requested, pretrained=pretrained,
+    embedding_used = uses_global_embedding(shortlist, pretrained=pretrained) or calibrated_on_similarity
+    return RecognitionSettings(**tunable, shortlist=shortlist, shortlist_requested=requested,
+                               uses_global_embedding=embedding_used, pretrained=pretrained,
                                similar_method="dinov2" if pretrained else "vlad", segments=segments)

@@ -52,6 +52,7 @@ STATUS_BY_CODE = {
     "bad_model": 422,
     "bad_object_id": 400,
     "too_few_features": 422,
+    "method_unavailable": 422,  # a similarity method or segment space the bundle holds no data for
     "overloaded": 503,
 }
 

@@ -25,7 +25,7 @@ class RecognizedArtwork(msgspec.Struct):
     frame: int  # which burst frame the outline refers to (0 for a single photo)
     support: int  # frames of the burst in which it verified
     inliers: int
-    similarity: float
+    similarity: float | None  # global-descriptor cosine; null when the photo was not embedded (see ``signals``)
     image_url: str
     reference_size: list[int]  # [width, height] of the reference image (segment polygons are in its pixels)
     # The SAM segment of the reference the photo shows (a detail; bundles built with --segments): id, bbox and
@@ -73,7 +73,10 @@ class RecognizeResponse(msgspec.Struct):
     filters: dict[str, str]
     model: ModelInfo
     bundle_version: int
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float]  # per stage; no "embed" when the photo was not embedded
+    # What the answer rests on: "local_features" (always), "vlad", "descriptor_votes", "segments",
+    # "global_embedding" (the model's forward pass; absent with a random-init model's local shortlist).
+    signals: list[str]
 
 
 class Artwork(msgspec.Struct):

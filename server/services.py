@@ -110,7 +110,8 @@ class IndexHolder:
 
     def _load(self, bundle: Bundle) -> IndexState:
         embedder = self._embedder_for(bundle)
-        recognizer = Recognizer(bundle, embedder=embedder, config={"top_k": self.settings.default_top_k})
+        recognizer = Recognizer(bundle, embedder=embedder, config={"top_k": self.settings.default_top_k,
+                                                                   "shortlist": self.settings.shortlist})
         state = IndexState(recognizer)
         self.embedder = embedder
         self.metrics.bundle_version.set(state.version)
@@ -227,8 +228,10 @@ class RecognitionService:
         allowed = allowed_rows(state.bundle, filters)
         names = ["image" if len(frames) == 1 else f"image {i + 1} of {len(frames)}" for i in range(len(frames))]
         try:
+            # No micro-batcher where no photo goes through the model.
+            embed = self._embed_fn(state.recognizer.embedder) if state.settings.uses_global_embedding else None
             burst = recognize_burst(state.recognizer, frames, top_k=top_k, min_confidence=min_confidence,
-                                    allowed=allowed, embed=self._embed_fn(state.recognizer.embedder), names=names,
+                                    allowed=allowed, embed=embed, names=names,
                                     max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_image_bytes,
                                     budget=self.holder.decode_budget)
         finally:
@@ -246,7 +249,8 @@ class RecognitionService:
             status=result.status, matches=[present(c) for c in result.matches],
             best_rejected=present(result.best_rejected) if result.best_rejected else None,
             threshold=result.threshold, top_k=result.top_k, frames=burst.frame_count, image_size=result.image_size,
-            filters=filters, model=state.model_info(), bundle_version=state.version, timings_ms=result.timings_ms)
+            filters=filters, model=state.model_info(), bundle_version=state.version, timings_ms=result.timings_ms,
+            signals=result.signals)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -13,7 +13,7 @@ import msgspec
 
 from artlens.errors import ArtlensError
 from artlens.imaging import DECODE_PIXEL_CAP
-from artlens.recognition.settings import DEFAULT_TOP_K
+from artlens.recognition.settings import DEFAULT_TOP_K, SHORTLIST_MODES
 
 
 class SettingsError(ArtlensError):
@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_header_bytes: int = 32768  # all request headers together → 431 beyond
     # Recognitions in progress at once (a thread pool off the event loop). More than the cores: while one waits
     # for its micro-batch or for ONNX Runtime, another extracts features; all heavy stages release the GIL.
+    # 2, 4 and 8 gave the same requests/s on 2 cores; 8 held 350 MB more (docs/service.md, "Threads").
     inference_threads: int = 4
     max_queue: int = 32  # recognitions waiting beyond those; more → 503 + Retry-After
     micro_batching: bool = True  # concurrent photos share one ONNX call
@@ -59,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_inflight_pixels: int = 100_000_000
     max_frames: int = 5  # images per burst
     default_top_k: int = DEFAULT_TOP_K  # shortlist verified per frame when a request gives no top_k
+    # Which rankings make the shortlist (recognition/settings.py): auto (the one the bundle was built for) | fused |
+    # global | local. fused/global on a bundle built without global embeddings is refused at load.
+    shortlist: str = "auto"
     rendition_sizes: list[int] = msgspec.field(default_factory=lambda: [128, 256, 512, 1024])
     rendition_cache: int = 256  # encoded renditions kept in memory
     log_level: str = "INFO"
@@ -73,6 +77,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise SettingsError(f"ARTLENS_MAX_PIXELS must be between 1 and {DECODE_PIXEL_CAP}")
         if self.max_inflight_pixels < 1:
             raise SettingsError("ARTLENS_MAX_INFLIGHT_PIXELS must be ≥ 1")
+        if self.shortlist not in SHORTLIST_MODES:
+            raise SettingsError(f"ARTLENS_SHORTLIST must be one of {', '.join(SHORTLIST_MODES)}")
         self._check_edge()
 
     def _check_edge(self) -> None:

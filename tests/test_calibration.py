@@ -44,6 +44,32 @@ def test_calibration_on_a_subset_of_features():
     assert Calibration.from_json(cal.to_json()).features == ("log_inliers",)
 
 
+def test_random_init_fit_never_reads_the_similarity_and_a_missing_one_is_refused_where_read():
+    """A random-init bundle is fitted on inliers alone: evidence whose similarity was never computed (NaN: the photo
+    was not embedded) gives the very calibration that any similarity values give. A calibration that does read
+    the similarity refuses evidence without it rather than answering NaN."""
+    from artlens.calibration.fit import fit_calibration
+    from artlens.recognition.confidence import FEATURE_NAMES, RANDOM_INIT_FEATURES
+
+    rng = np.random.default_rng(1)
+    per_photo = []
+    for i in range(60):
+        n = 6
+        inliers = np.log1p(rng.integers(0, 10, n)).astype(float)
+        correct = np.zeros(n, bool)
+        if i % 3:  # two photos in three show an artwork of the bundle, found with many inliers
+            inliers[0], correct[0] = np.log1p(rng.integers(15, 120)), True
+        per_photo.append((np.column_stack([inliers, rng.uniform(-1, 1, n)]), correct, bool(i % 3), n))
+    without = [(np.column_stack([e[:, 0], np.full(len(e), np.nan)]), c, p, k) for e, c, p, k in per_photo]
+    fitted = [fit_calibration(photos, target_fpr=0.01, l2=1.0, source="test", features=RANDOM_INIT_FEATURES)
+              for photos in (per_photo, without)]
+    assert fitted[0].to_json() == fitted[1].to_json()
+    assert np.all(np.isfinite(fitted[1].confidence(without[0][0])))
+    with_similarity = fit_calibration(per_photo, target_fpr=0.01, l2=1.0, source="test", features=FEATURE_NAMES)
+    with pytest.raises(ValueError, match="without some of them"):
+        with_similarity.confidence(without[0][0])
+
+
 @needs_shared
 def test_a_bundle_that_cannot_be_calibrated_is_named_by_its_destination(tmp_path, tiny_model):
     rows = [{"object_id": "only", "image": str(SMVS / "reference" / "001.jpg")}]

@@ -125,3 +125,42 @@ def test_a_vote_index_that_does_not_match_the_features_is_refused(smvs_bundle, t
     write_meta(work, read_meta(work))  # fresh checksums: only the count check can catch it
     with pytest.raises(BundleError, match="vote index"):
         load_bundle(work)
+
+
+class _ThreadsSeen:
+    """A real vote index that notes the OpenMP thread count each of its searches ran with."""
+
+    def __init__(self, index):
+        self.index, self.ntotal, self.seen = index, index.ntotal, []
+
+    def search(self, x, k, params=None):
+        import faiss
+
+        self.seen.append(faiss.omp_get_max_threads())
+        return self.index.search(x, k, params=params)
+
+
+@needs_shared
+def test_vote_search_runs_on_one_openmp_thread_of_its_caller_only(recognizer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import faiss
+
+    bundle = recognizer.bundle
+    owner, rows = descriptor_owner(bundle.features.offsets), len(bundle.artworks)
+    desc = _photo_descriptors(recognizer, SMVS / "query" / "003.jpg")
+    index = _ThreadsSeen(bundle.votes)
+    main_threads = faiss.omp_get_max_threads()
+
+    def in_a_request_thread():
+        faiss.omp_set_num_threads(3)  # what this thread's other OpenMP work uses
+        one = vote_ranking(index, owner, desc, rows, 5)
+        after = faiss.omp_get_max_threads()
+        return one, after, vote_ranking(index, owner, desc, rows, 5, {"threads": 0})
+
+    with ThreadPoolExecutor(1) as pool:
+        one, after, library_default = pool.submit(in_a_request_thread).result()
+    assert index.seen == [1, 3] and after == 3  # the search's own setting, then the thread's own again
+    photographed = next(i for i, a in enumerate(bundle.artworks) if a["object_id"] == "smvs-003")
+    assert one == library_default and one[0] == photographed
+    assert faiss.omp_get_max_threads() == main_threads  # another thread's setting is not touched

@@ -73,7 +73,7 @@ def test_model_json_follows_the_contract(tiny):
                 "num_register_tokens": 0, "use_swiglu_ffn": False}
     assert {k: meta["architecture"][k] for k in expected} == expected
     assert meta["embedding_dim"] == 48
-    assert meta["input"] == {"size": 448, "geometry": "squash", "patch_size": 14,
+    assert meta["input"] == {"size": 224, "geometry": "squash", "patch_size": 14,
                              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert meta["pooling"] == "gem"
     onnx_meta = meta["onnx"]

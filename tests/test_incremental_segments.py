@@ -79,3 +79,17 @@ def test_remove_renumbers_and_rebuilds_compressed_indexes():
     assert ids[0][0] == j
     _, ids = search(new.local_index, new.local[j][None], 1)
     assert ids[0][0] == j
+
+
+def test_remove_keeps_a_store_without_dinov2_vectors_without_them():
+    """A bundle built without global embeddings has no DINOv2 segment vectors (mode "none"): a delete renumbers and
+    rebuilds the local index only, and the description still names no vector files."""
+    store, desc = _store(artworks=6, per=5)
+    store = SegmentStore(store.records, store.artwork, None, None, store.local, store.local_index, store.pca_mean,
+                         store.pca_components, store.detail)
+    desc = {**desc, "mode": "none", "index": None}
+    new, new_desc = remove_artwork_segments(store, desc, 2)
+    assert new.consistent() and len(new) == len(store) - 5 and new.vectors is None and new.index is None
+    assert new_desc["mode"] == "none" and new_desc["index"] is None
+    assert "segments/vectors.npy" not in new_desc["files"] and "segments/index.faiss" not in new_desc["files"]
+    assert new_desc["files"] == segment_files(new_desc) and "segments/local_index.faiss" in new_desc["files"]

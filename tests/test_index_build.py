@@ -43,13 +43,15 @@ def leftovers(out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
-    """(bundle, collection CSV): four references with two metadata columns, uncalibrated."""
+    """(bundle, collection CSV): four references with two metadata columns, uncalibrated, built for the fused
+    shortlist (global embeddings stored, as every pretrained model's bundle has them; the default random-init
+    layout without them: tests/test_global_embedding.py)."""
     folder = tmp_path_factory.mktemp("small")
     rows = [{"object_id": f"smvs-{n}", "image": ref(n), "title": f"Painting {n}", "room": f"Room {i}"}
             for i, n in enumerate(["001", "003", "009", "019"], start=1)]
     csv_path = write_collection(folder / "collection.csv", rows)
     out = folder / "bundle"
-    report = build_bundle(tiny_model, csv_path, out, before_commit=None)
+    report = build_bundle(tiny_model, csv_path, out, config={"shortlist": "fused"}, before_commit=None)
     assert report.indexed == 4 and report.skipped == [] and report.path == out
     return out, csv_path
 
@@ -72,6 +74,7 @@ def test_bundle_layout(small_bundle, tiny_model):
     assert meta["model"]["pretrained"] is False
     assert meta["model"]["id"] == "artlens/dinov2-tiny"
     assert meta["model"]["embedding_dim"] == model_json["embedding_dim"]
+    assert meta["model"]["global_embedding"] is True and meta["shortlist"] == "fused"
     assert meta["counts"]["artworks"] == 4 and meta["counts"]["keypoints"] > 100
     assert meta["index"]["type"] == "IndexFlatIP" and meta["index"]["exact"] is True
     assert meta["index"]["count"] == 4
@@ -104,7 +107,8 @@ def test_bundle_layout(small_bundle, tiny_model):
 def test_hnsw_above_exact_below(tmp_path, tiny_model):
     csv_path = write_collection(tmp_path / "c.csv", rows_for(["001", "003", "009"]))
     out = tmp_path / "hnsw"
-    report = build_bundle(tiny_model, csv_path, out, config={"index": {"exact_below": 2}}, before_commit=None)
+    report = build_bundle(tiny_model, csv_path, out, config={"index": {"exact_below": 2}, "shortlist": "fused"},
+                          before_commit=None)
     assert report.indexed == 3
     meta = read_meta(out)
     assert meta["index"]["type"] == "IndexHNSWFlat" and meta["index"]["exact"] is False
@@ -379,11 +383,11 @@ def test_recognizer_refuses_same_weights_with_other_preprocessing(small_bundle, 
     from artlens.export.dinov2 import export_dinov2
     from artlens.recognition.recognizer import Recognizer
 
-    other = tmp_path / "tiny-224"
-    export_dinov2("artlens/dinov2-tiny", other, random_init=True, seed=0, size=224)
+    other = tmp_path / "tiny-448"
+    export_dinov2("artlens/dinov2-tiny", other, random_init=True, seed=0, size=448)
     # Same seed, same graph and weights (the ONNX file does not depend on the input size)…
     other_sha = json.loads((other / "model.json").read_text())["onnx"]["sha256"]
     assert other_sha == read_meta(small_bundle[0])["model"]["sha256"]
     # …but photos would be preprocessed differently from the references: refused, naming the difference.
-    with pytest.raises(ModelError, match="input_size 224"):
+    with pytest.raises(ModelError, match="input_size 448"):
         Recognizer(small_bundle[0], other, require_calibration=False)

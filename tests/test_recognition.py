@@ -23,7 +23,9 @@ def test_phone_photo_of_a_painting_is_recognised_with_its_outline(recognizer):
     # The painting hangs inside the photo: its outline is in normalised photo coordinates, roughly within it.
     assert -0.2 < min(xs) < max(xs) < 1.2 and -0.2 < min(ys) < max(ys) < 1.2
     assert result.model.pretrained is False
-    assert set(result.timings_ms) == {"decode", "embed", "features", "search", "verify", "decide", "total"}
+    # A random-init model's local shortlist: no forward pass ("embed"), no similarity.
+    assert set(result.timings_ms) == {"decode", "features", "search", "verify", "decide", "total"}
+    assert result.signals == ["local_features", "vlad", "descriptor_votes"] and best.similarity is None
     assert result.image_size == [1600, 1200]
 
 

@@ -52,3 +52,22 @@ def test_config_keys_are_checked_and_the_result_is_frozen():
         settings.top_k = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         settings.verify["geometry"] = {}  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("pretrained", "built_for", "requested", "shortlist", "embedding_used"), [
+    (False, None, "auto", "local", False),  # an older random-init bundle: no forward pass
+    (False, "local", "auto", "local", False),
+    (False, "fused", "auto", "fused", True),  # built with --shortlist fused: "auto" follows the bundle
+    (False, "fused", "local", "local", False),  # a request overrides it
+    (False, "local", "global", "global", True),
+    (True, None, "auto", "fused", True),
+    (True, "local", "auto", "local", True),  # pretrained: similarity is calibration evidence, segments vote
+])
+def test_the_model_runs_only_where_its_embedding_is_used(pretrained, built_for, requested, shortlist,
+                                                         embedding_used):
+    settings = resolve_settings({"shortlist": requested}, pretrained=pretrained, built_for=built_for)
+    assert settings.shortlist == shortlist and settings.shortlist_requested == requested
+    assert settings.uses_global_embedding is embedding_used
+    # A calibration that reads the similarity needs the embedding whatever the shortlist.
+    assert resolve_settings(None, pretrained=pretrained, built_for=built_for,
+                            calibrated_on_similarity=True).uses_global_embedding

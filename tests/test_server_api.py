@@ -44,9 +44,12 @@ def test_recognize_multipart_photo(client):
     assert len(best["outline"]) == 4 and best["frame"] == 0 and best["support"] == 1
     assert best["image_url"] == "/v1/artworks/smvs-001/image" and best["segment"] is None
     assert body["model"]["pretrained"] is False and body["model"]["shortlist"] == "local"
+    # A random-init model's local shortlist: the photo is not embedded, and the answer says what it rests on.
+    assert body["signals"] == ["local_features", "vlad", "descriptor_votes"] and best["similarity"] is None
     timing = r.headers["server-timing"]
-    for stage in ("decode", "embed", "search", "verify", "total"):
+    for stage in ("decode", "features", "search", "verify", "total"):
         assert f"{stage};dur=" in timing
+    assert "embed;dur=" not in timing
     assert r.headers["x-request-id"]
 
 
@@ -167,8 +170,9 @@ def test_similar_says_which_index(client):
     r = client.get("/v1/artworks/smvs-001/similar?k=5").json()
     assert r["method"] == "vlad" and r["pretrained"] is False  # random-init: DINOv2 similarity is chance
     assert len(r["results"]) == 5 and all(x["artwork"]["object_id"] != "smvs-001" for x in r["results"])
-    d = client.get("/v1/artworks/smvs-001/similar?k=3&method=dinov2").json()
-    assert d["method"] == "dinov2" and len(d["results"]) == 3
+    # Built without global embeddings (random-init, local shortlist): dinov2 is refused, naming what works.
+    d = client.get("/v1/artworks/smvs-001/similar?k=3&method=dinov2")
+    assert d.status_code == 422 and d.json()["code"] == "method_unavailable" and "method=vlad" in d.json()["message"]
     assert client.get("/v1/artworks/smvs-001/similar?method=magic").status_code == 400
 
 
@@ -224,7 +228,7 @@ def test_add_then_delete_artwork_persists_across_restart(client, bundle_copy):
 def test_reload_refuses_a_corrupted_bundle_and_keeps_serving(client, bundle_copy, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(bundle_copy, bad)
-    with open(bad / "embeddings.npy", "r+b") as fh:
+    with open(bad / "vocabulary.npy", "r+b") as fh:
         fh.seek(200)
         fh.write(b"\x00garbage\x00")
     before = client.get("/ready").json()

@@ -71,7 +71,8 @@ def _edited(src, dest, edit):
 
 
 def _corrupt_index(dest, meta):
-    (dest / "index.faiss").write_bytes(b"IxFI" + b"\x00garbage" * 40)
+    # The VLAD index: every bundle has one (a random-init bundle stores no index.faiss of embeddings).
+    (dest / "local_index.faiss").write_bytes(b"IxFI" + b"\x00garbage" * 40)
 
 
 def _foreign_model(dest, meta):
@@ -91,7 +92,7 @@ BAD_BUNDLES = {
                                                                   json.dumps({"format": FORMAT}).encode()),
     "checksums outside the bundle": lambda src, tmp: _bundle_with_meta(src, tmp / "b", json.dumps(
         {**read_meta(src), "checksums": {"../../etc/passwd": "0"}}).encode()),
-    "corrupt index.faiss": lambda src, tmp: _edited(src, tmp / "b", _corrupt_index),
+    "corrupt local_index.faiss": lambda src, tmp: _edited(src, tmp / "b", _corrupt_index),
 }
 
 

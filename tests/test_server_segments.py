@@ -44,6 +44,10 @@ def test_artwork_segments_and_similar_segments(client):
     assert all(h["object_id"] != "smvs-001" and h["polygon"] and h["reference_size"][0] > 0 for h in res["results"])
     missing = client.get("/v1/segments/smvs-001%2399999/similar")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    # Built without DINOv2 segment vectors (random-init model): that space is refused, naming the one there is.
+    dinov2 = client.get(f"/v1/segments/{quote(sid, safe='')}/similar?space=dinov2")
+    assert dinov2.status_code == 422 and dinov2.json()["code"] == "method_unavailable"
+    assert "space=local" in dinov2.json()["message"]
     assert client.get("/v1/artworks/nope/segments").json()["code"] == "artwork_not_found"
 
 
@@ -97,7 +101,8 @@ def test_admin_delete_on_a_segment_bundle(client, served_bundle):
     new = load_bundle(served_bundle)
     store = new.segments
     assert new.meta["version"] == version + 1 and len(store) == count - len(before["005"])
-    assert new.meta["segments"]["count"] == len(store) == store.index.ntotal == store.local_index.ntotal
+    assert new.meta["segments"]["count"] == len(store) == store.local_index.ntotal
+    assert store.vectors is None and new.meta["segments"]["mode"] == "none"  # still without DINOv2 vectors
     assert new.meta["segments"]["artworks_with_segments"] == len(set(store.artwork.tolist()))
     for rec, row in zip(store.records, store.artwork, strict=True):
         assert rec["artwork"] == row and rec["id"].split("#")[0] == new.artworks[row]["object_id"]

@@ -33,3 +33,36 @@ def test_compact_vlad_index_is_searched_with_raw_vlads_and_keeps_its_projection(
     assert np.allclose(vlad.compact(raw[:2], projection), direct / np.linalg.norm(direct, axis=1, keepdims=True),
                        atol=1e-5)
     assert fit_projection(raw, 16, {"pca_dims": 0}) is None and np.array_equal(vlad.compact(raw, None), raw)
+
+
+def _row_by_row_vlad(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+    """VLAD written the plain way: each descriptor's whole residual row added to its word's row in turn."""
+    words, dim = vocabulary.shape
+    sums = np.zeros((words, dim), dtype=np.float32)
+    if len(descriptors):
+        assign = np.argmax(descriptors @ vocabulary.T, axis=1)
+        np.add.at(sums, assign, descriptors - vocabulary[assign])
+        sums = np.sign(sums) * np.sqrt(np.abs(sums))
+        sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    flat = sums.ravel()
+    return flat / max(float(np.linalg.norm(flat)), 1e-12)
+
+
+def test_region_vlads_are_bit_for_bit_those_of_each_region_alone():
+    rng = np.random.default_rng(3)
+    vocabulary = np.abs(rng.normal(size=(32, 128))).astype(np.float32)
+    vocabulary /= np.linalg.norm(vocabulary, axis=1, keepdims=True)
+    # Many descriptors per word, so that the order in which residuals are summed matters in float32.
+    descriptors = np.abs(vocabulary[rng.integers(0, 6, 900)] + rng.normal(scale=0.2, size=(900, 128)))
+    descriptors = (descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)).astype(np.float32)
+    keypoints = rng.uniform(0, 1, size=(900, 2)).astype(np.float32) * [800, 600]
+    masks = vlad.region_masks(keypoints, (800, 600))
+    assert len(masks) == 6
+    masks.append(np.zeros(900, dtype=bool))  # a subset without descriptors: zeros, as aggregate gives for none
+    together = vlad.aggregate_regions(descriptors, vocabulary, masks)
+    assert together.shape == (7, 32 * 128) and together.dtype == np.float32
+    for vector, mask in zip(together, masks, strict=True):
+        assert np.array_equal(vector.view(np.uint32), _row_by_row_vlad(descriptors[mask], vocabulary).view(np.uint32))
+    assert np.array_equal(vlad.aggregate(descriptors, vocabulary), together[0])
+    assert not together[-1].any() and not vlad.aggregate(descriptors[:0], vocabulary).any()
+    assert vlad.aggregate_regions(descriptors[:0], vocabulary, [np.ones(0, dtype=bool)]).shape == (1, 32 * 128)

@@ -69,7 +69,7 @@ def extract(gray: np.ndarray, config: dict | None = None) -> LocalFeatures:
         order = np.argsort([-k.response for k in kps], kind="stable")[: cfg["max_keypoints"]]
         kps = [kps[i] for i in order]
         desc = desc[order]
-    pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
+    pts = cv2.KeyPoint_convert(kps).reshape(-1, 2)  # float32 (x, y), without a Python object per keypoint
     if not binary_method(cfg["method"]):
         desc = np.clip(np.rint(desc), 0, 255)  # OpenCV SIFT values are already integers in [0, 255]
     return LocalFeatures(pts, desc.astype(np.uint8), size, cfg["method"])

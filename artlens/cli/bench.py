@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from artlens.cli.common import console, errors, out, phase_bar, progress, stage_ticker, warn_if_random, write_json
+from artlens.cli.common import (
+    checked_shortlist,
+    console,
+    errors,
+    out,
+    phase_bar,
+    progress,
+    stage_ticker,
+    warn_if_random,
+    write_json,
+)
 from artlens.errors import ArtlensError
 
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, with the machine described.",
@@ -28,6 +38,9 @@ def bench_recognition(
     queries: Annotated[Path, typer.Option(help="CSV image,expected: the photos to time.")],
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the bundle's).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+    shortlist: Annotated[str, typer.Option(help="auto (the one the bundle was built for) | fused | global (DINOv2) |"
+                                                " local (VLAD); fused/global need a bundle built with global"
+                                                " embeddings.")] = "auto",
     repeat: Annotated[int, typer.Option(min=1, help="Passes over the photos.")] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write bench.json here.")] = None,
 ) -> None:
@@ -36,7 +49,7 @@ def bench_recognition(
     from artlens.recognition.recognizer import Recognizer
 
     with errors():
-        recognizer = Recognizer(index, model)
+        recognizer = Recognizer(index, model, config={"shortlist": checked_shortlist(shortlist)})
         with phase_bar("timing") as tick:
             result = run_bench(recognizer, queries, top_k=top_k, repeat=repeat, progress=tick)
     table = Table(title=f"recognition vs bare model forward (K={result['top_k']}, {result['machine']['cpu']}, "
@@ -50,7 +63,8 @@ def bench_recognition(
     for stage, stage_ms in result["stages_ms"].items():
         table.add_row(f"  {stage}", f"{stage_ms['p50']:.1f}", f"{stage_ms['p95']:.1f}")
     out.print(table)
-    out.print(f"ratio_p50 = {result['ratio_p50']:.3f}")
+    out.print(f"ratio_p50 = {result['ratio_p50']:.3f}; shortlist {result['shortlist']}, signals: "
+              + ", ".join(result["signals"]), highlight=False)
     _write_result(json_out, result)
 
 

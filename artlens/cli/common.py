@@ -33,6 +33,15 @@ class PhaseTick(Protocol):
     def __call__(self, done: int, total: int, stage: str | None = None) -> None: ...
 
 
+def checked_shortlist(shortlist: str) -> str:
+    """``shortlist`` (a --shortlist option) if it is a shortlist mode, else an error naming the choices."""
+    from artlens.indexing.store.bundle import SHORTLIST_MODES
+
+    if shortlist not in SHORTLIST_MODES:
+        raise ArtlensError(f"--shortlist must be one of {', '.join(SHORTLIST_MODES)}, not {shortlist!r}")
+    return shortlist
+
+
 @contextmanager
 def errors() -> Iterator[None]:
     """Errors the user can fix are one red line and exit status 2, never a traceback."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from artlens.cli.common import console, errors, progress, stage_ticker, warn_if_random
+from artlens.cli.common import checked_shortlist, console, errors, progress, stage_ticker, warn_if_random
 
 index_app = typer.Typer(help="Build index bundles from a collection.", no_args_is_help=True)
 
@@ -25,20 +25,27 @@ def index_build(
                                            " the segments (detail photos, segment search).")] = False,
     sam: Annotated[Path | None, typer.Option(help="SAM model directory (`artlens export sam`, or an"
                                                   " encoder.onnx + sam.onnx pair); needed with --segments.")] = None,
-    segment_mode: Annotated[str, typer.Option(help="Segment vectors: pooled (patch tokens of the artwork's one"
-                                                   " forward pass) | crop (one forward per cut-out).")] = "pooled",
+    segment_mode: Annotated[str, typer.Option(help="DINOv2 segment vectors (with global embeddings only): pooled"
+                                                   " (patch tokens of the artwork's one forward pass) | crop (one"
+                                                   " forward per cut-out).")] = "pooled",
     points_per_side: Annotated[int | None, typer.Option(min=1, help="SAM point grid per side (default: the"
                                                                     " measured one in docs/segments.md).")] = None,
     votes: Annotated[bool, typer.Option(help="Index every reference descriptor for the descriptor-vote"
                                              " shortlist (weight-free; ≈ 0.14 MB per artwork).")] = True,
+    shortlist: Annotated[str, typer.Option(help="The shortlist the bundle is built for: auto (fused for a pretrained"
+                                                " model, local for a random-init one) | fused | global (DINOv2) |"
+                                                " local (VLAD and descriptor votes). Global embeddings (one model"
+                                                " forward per artwork) are stored only for fused/global or a"
+                                                " pretrained model.")] = "auto",
 ) -> None:
-    """Embed, extract local features, index and calibrate a collection into a bundle."""
+    """Extract local features, embed (where the shortlist uses it), index and calibrate a collection into a bundle."""
     from artlens.calibration.calibrate import build_calibrated_bundle
     from artlens.errors import ModelError
     from artlens.indexing.segment_vectors import MODES
 
     build_config: dict = {} if votes else {"votes": None}
     with errors():
+        build_config["shortlist"] = checked_shortlist(shortlist)
         if segments and sam is None:
             raise ModelError("--segments needs --sam DIR (a SAM model directory: `artlens export sam`, or a folder"
                              " with encoder.onnx + sam.onnx)")
@@ -72,9 +79,10 @@ def index_build(
                             f" at FPR {info['fpr_at_threshold']:.3f} on {info['source']})")
     segment_meta = meta.get("segments")
     segment_line = f", {segment_meta['count']} segments ({segment_meta['mode']})" if segment_meta else ""
+    index_line = (f"shortlist {meta['shortlist']}, "
+                  + (f"index {meta['index']['type']}" if meta.get("index") else "no global embeddings"))
     console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks{segment_line}, {len(report.skipped)}"
-                  f" skipped, index {meta['index']['type']}, {calibration_line}, {report.seconds:.1f}s",
-                  highlight=False)
+                  f" skipped, {index_line}, {calibration_line}, {report.seconds:.1f}s", highlight=False)
 
 
 @index_app.command("votes")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from artlens.cli.common import console, errors, json_line, out, warn_if_random
+from artlens.cli.common import checked_shortlist, console, errors, json_line, out, warn_if_random
 from artlens.errors import ArtlensError
 
 
@@ -17,6 +17,9 @@ def recognize(
     index: Annotated[Path, typer.Option(help="Bundle directory.")],
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the one the bundle names).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Shortlist size verified.")] = None,
+    shortlist: Annotated[str, typer.Option(help="auto (the one the bundle was built for) | fused | global (DINOv2) |"
+                                                " local (VLAD); fused/global need a bundle built with global"
+                                                " embeddings.")] = "auto",
     min_confidence: Annotated[float | None, typer.Option(min=0.0, max=1.0,
                                                          help="Override the bundle's threshold.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per photo).")] = False,
@@ -28,7 +31,7 @@ def recognize(
 
     failed = False
     with errors():
-        recognizer = Recognizer(index, model)
+        recognizer = Recognizer(index, model, config={"shortlist": checked_shortlist(shortlist)})
     if not as_json:
         warn_if_random(recognizer.model_summary.pretrained)
     for photo in photos:

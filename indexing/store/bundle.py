@@ -26,6 +26,31 @@ T = TypeVar("T")
 FORMAT = "artlens-bundle/1"
 VOTES_FILE = "votes.faiss"
 FEATURE_FILES = ("keypoints.npy", "descriptors.npy", "offsets.npy", "sizes.npy")
+GLOBAL_EMBEDDING_FILES = ("embeddings.npy", "index.faiss")
+
+# Which rankings make the shortlist (recognition/settings.py): "fused" (DINOv2 and VLAD), "global" (DINOv2 only),
+# "local" (VLAD only). Here because a build decides from it whether a bundle stores global embeddings at all.
+SHORTLIST_MODES = ("auto", "fused", "global", "local")
+GLOBAL_SHORTLISTS = ("fused", "global")
+
+
+def resolve_shortlist(requested: str, *, pretrained: bool, built_for: str | None = None) -> str:
+    """The shortlist mode ``requested`` means: "auto" is the one the bundle was built for (``built_for``, bundle.json
+    "shortlist"), else fused for a pretrained model and local for a random-init one (its global descriptors rank at
+    chance level and would only take verification slots)."""
+    if requested not in SHORTLIST_MODES:
+        raise ValueError(f"unknown shortlist mode {requested!r} ({', '.join(SHORTLIST_MODES)})")
+    if requested != "auto":
+        return requested
+    if built_for in SHORTLIST_MODES[1:]:
+        return built_for
+    return "fused" if pretrained else "local"
+
+
+def uses_global_embedding(shortlist: str, *, pretrained: bool) -> bool:
+    """Whether recognition with the resolved ``shortlist`` reads the model's global embedding: a global ranking
+    takes part, or the model is pretrained (its similarity is calibration evidence and its segment vectors vote)."""
+    return pretrained or shortlist in GLOBAL_SHORTLISTS
 
 
 @dataclass
@@ -63,8 +88,8 @@ class Bundle:
     path: Path
     meta: dict
     artworks: list[dict]
-    embeddings: np.ndarray
-    index: faiss.Index
+    embeddings: np.ndarray | None  # None: built without global embeddings (bundle.json model.global_embedding)
+    index: faiss.Index | None  # the FAISS index over ``embeddings``; None with them
     features: ReferenceFeatures
     vocabulary: np.ndarray
     local_index: faiss.Index
@@ -87,6 +112,16 @@ class Bundle:
     @property
     def calibration(self) -> dict | None:
         return self.meta.get("calibration")
+
+    @property
+    def built_for(self) -> str | None:
+        """The shortlist mode the bundle was built for (None: built before bundles recorded it)."""
+        return self.meta.get("shortlist")
+
+
+def has_global_embedding(meta: dict) -> bool:
+    """Whether bundle.json's bundle stores global embeddings; bundles without the key (older ones) all do."""
+    return meta["model"].get("global_embedding", True) is not False
 
 
 def read_meta(path: str | Path) -> dict:
@@ -124,11 +159,17 @@ def _json_kind(value: object) -> str:
 
 def _meta_problem(meta: dict) -> str | None:
     """What is missing or malformed in bundle.json (the keys loading and serving read), or None."""
-    for key in ("model", "features", "index", "local_index"):
+    for key in ("model", "features", "local_index"):
         if not isinstance(meta.get(key), dict):
             return f"has no {key!r} object"
     if not isinstance(meta["model"].get("pooling"), str):
         return "has no model pooling"
+    if not isinstance(meta["model"].get("global_embedding", True), bool):
+        return "model.global_embedding is not true or false"
+    if has_global_embedding(meta) and not isinstance(meta.get("index"), dict):
+        return "has no 'index' object"
+    if meta.get("shortlist") is not None and meta["shortlist"] not in SHORTLIST_MODES[1:]:
+        return f"'shortlist' is not one of {', '.join(SHORTLIST_MODES[1:])}"
     config = meta["features"].get("config")
     if not isinstance(config, dict) or not isinstance(config.get("method"), str) \
             or not isinstance(config.get("max_side"), int):
@@ -182,8 +223,10 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
                                                  for a in artworks):
         raise BundleError("artworks.json is not a list of artworks with object ids; rebuild the bundle", path=path)
     mapped = functools.partial(np.load, mmap_mode="r")
-    embeddings = _load_file(path, "embeddings.npy", mapped)
-    index = _load_file(path, "index.faiss", _read_index)
+    embeddings, index = None, None
+    if has_global_embedding(meta):
+        embeddings = _load_file(path, "embeddings.npy", mapped)
+        index = _load_file(path, "index.faiss", _read_index)
     vocabulary = _load_file(path, "vocabulary.npy", np.load)
     local_index = _load_file(path, "local_index.faiss", _read_index)
     feats = ReferenceFeatures(
@@ -193,15 +236,20 @@ def load_bundle(path: str | Path, *, verify_checksums: bool = True) -> Bundle:
         sizes=_load_file(path, "features/sizes.npy", np.load),
         method=meta["features"]["config"]["method"],
     )
-    segments = _load_file(path, "segments", lambda _: SegmentStore.load(path)) if meta.get("segments") else None
+    segments = None
+    if meta.get("segments"):
+        segments = _load_file(path, "segments", lambda _: SegmentStore.load(path, meta["segments"]))
     votes = _load_file(path, VOTES_FILE, _read_index) if meta.get("votes") else None
     n = len(artworks)
-    if embeddings.ndim != 2 or feats.offsets.ndim != 1 or not len(feats.offsets):
+    if (embeddings is not None and embeddings.ndim != 2) or feats.offsets.ndim != 1 or not len(feats.offsets):
         raise BundleError("embeddings.npy or features/offsets.npy has the wrong shape; rebuild the bundle", path=path)
-    if not (embeddings.shape[0] == index.ntotal == local_index.ntotal == len(feats) == n):
-        raise BundleError(f"inconsistent counts (artworks {n}, embeddings {embeddings.shape[0]},"
-                          f" index {index.ntotal}, local index {local_index.ntotal}, features {len(feats)});"
-                          " rebuild it", path=path)
+    counts = {"artworks": n}
+    if embeddings is not None:
+        counts.update({"embeddings": embeddings.shape[0], "index": index.ntotal})
+    counts.update({"local index": local_index.ntotal, "features": len(feats)})
+    if len(set(counts.values())) != 1:
+        raise BundleError("inconsistent counts (" + ", ".join(f"{what} {count}" for what, count in counts.items())
+                          + "); rebuild it", path=path)
     if votes is not None and votes.ntotal != int(feats.offsets[-1]):
         raise BundleError(f"inconsistent counts (vote index {votes.ntotal}, keypoints"
                           f" {int(feats.offsets[-1])}); rebuild it", path=path)

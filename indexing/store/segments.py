@@ -14,6 +14,7 @@ import numpy as np
 
 FILES = ("segments.json", "artwork.npy", "vectors.npy", "index.faiss", "local.npy", "local_index.faiss",
          "local_pca.npz")
+DINOV2_FILES = ("vectors.npy", "index.faiss")  # absent when bundle.json's segments "mode" is "none"
 DETAIL_FILES = ("detail_keypoints.npy", "detail_descriptors.npy", "detail_offsets.npy")
 
 
@@ -23,8 +24,8 @@ class SegmentStore:
 
     records: list[dict]  # {id, artwork, bbox, area, predicted_iou, stability, rle}
     artwork: np.ndarray  # int32 [S]
-    vectors: np.ndarray  # float32 [S, D]
-    index: faiss.Index
+    vectors: np.ndarray | None  # float32 [S, D] DINOv2 segment vectors; None: built without (mode "none")
+    index: faiss.Index | None  # over ``vectors``
     local: np.ndarray  # float32 [S, d]
     local_index: faiss.Index
     pca_mean: np.ndarray
@@ -52,8 +53,9 @@ class SegmentStore:
         seg_dir.mkdir(parents=True, exist_ok=True)
         (seg_dir / "segments.json").write_text(json.dumps(self.records, separators=(",", ":")))
         np.save(seg_dir / "artwork.npy", self.artwork.astype(np.int32))
-        np.save(seg_dir / "vectors.npy", np.ascontiguousarray(self.vectors, np.float32))
-        faiss.write_index(self.index, str(seg_dir / "index.faiss"))
+        if self.vectors is not None:
+            np.save(seg_dir / "vectors.npy", np.ascontiguousarray(self.vectors, np.float32))
+            faiss.write_index(self.index, str(seg_dir / "index.faiss"))
         np.save(seg_dir / "local.npy", np.ascontiguousarray(self.local, np.float32))
         faiss.write_index(self.local_index, str(seg_dir / "local_index.faiss"))
         np.savez(seg_dir / "local_pca.npz", mean=self.pca_mean, components=self.pca_components)
@@ -61,20 +63,26 @@ class SegmentStore:
             self.detail.write(seg_dir)
 
     @classmethod
-    def load(cls, directory: Path) -> SegmentStore:
+    def load(cls, directory: Path, description: dict | None = None) -> SegmentStore:
+        """The store in ``directory``/segments; ``description``: bundle.json's "segments" (says whether it holds
+        DINOv2 vectors)."""
         seg_dir = directory / "segments"
         pca = np.load(seg_dir / "local_pca.npz")
+        with_vectors = has_dinov2_vectors(description)
         return cls(records=json.loads((seg_dir / "segments.json").read_text()),
-                   artwork=np.load(seg_dir / "artwork.npy"), vectors=np.load(seg_dir / "vectors.npy", mmap_mode="r"),
-                   index=faiss.read_index(str(seg_dir / "index.faiss")), local=np.load(seg_dir / "local.npy"),
+                   artwork=np.load(seg_dir / "artwork.npy"),
+                   vectors=np.load(seg_dir / "vectors.npy", mmap_mode="r") if with_vectors else None,
+                   index=faiss.read_index(str(seg_dir / "index.faiss")) if with_vectors else None,
+                   local=np.load(seg_dir / "local.npy"),
                    local_index=faiss.read_index(str(seg_dir / "local_index.faiss")),
                    pca_mean=pca["mean"], pca_components=pca["components"],
                    detail=DetailFeatures.load(seg_dir) if (seg_dir / DETAIL_FILES[0]).is_file() else None)
 
     def consistent(self) -> bool:
         n = len(self.records)
-        return (len(self.artwork) == self.vectors.shape[0] == self.index.ntotal == self.local.shape[0]
-                == self.local_index.ntotal == n and (self.detail is None or self.detail.count == n))
+        vectors_ok = self.vectors is None or self.vectors.shape[0] == self.index.ntotal == n
+        return (vectors_ok and len(self.artwork) == self.local.shape[0] == self.local_index.ntotal == n
+                and (self.detail is None or self.detail.count == n))
 
 
 @dataclass
@@ -109,9 +117,16 @@ class DetailFeatures:
         return cls(*(np.load(seg_dir / name, mmap_mode="r") for name in DETAIL_FILES))
 
 
+def has_dinov2_vectors(description: dict | None) -> bool:
+    """Whether a bundle.json ``segments`` description has DINOv2 segment vectors (mode "pooled" or "crop"); mode
+    "none": a bundle built without global embeddings, whose segments are searched by their local descriptors."""
+    return (description or {}).get("mode") != "none"
+
+
 def segment_files(description: dict | None = None) -> list[str]:
     """The segment files a bundle.json ``segments`` description names (checksummed, carried between versions)."""
-    names = list(FILES) + (list(DETAIL_FILES) if (description or {}).get("detail") else [])
+    names = [f for f in FILES if has_dinov2_vectors(description) or f not in DINOV2_FILES]
+    names += list(DETAIL_FILES) if (description or {}).get("detail") else []
     return [f"segments/{f}" for f in names]
 
 

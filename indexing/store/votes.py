@@ -5,6 +5,9 @@ across the collection). The index is built by indexing/descriptor_votes.py; why:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import faiss
 import numpy as np
 
@@ -14,6 +17,11 @@ SEARCH_CONFIG: dict = {  # query-time settings (the recognizer's "votes" config)
     "enabled": True,
     "nprobe": 8,  # lists visited per query descriptor
     "neighbours": 10,  # nearest reference descriptors looked up per query descriptor
+    # OpenMP threads of the search (0: FAISS's default, one per core). One thread costs two thirds of the CPU time
+    # of two, and every thread that searches (the service's recognitions at once, the feature thread beside the
+    # forward pass) would otherwise start its own team of one thread per core; a fixed count also makes the
+    # neighbours independent of the machine's cores (docs/benchmarks.md, "Per-request overhead").
+    "threads": 1,
 }
 
 
@@ -43,8 +51,9 @@ def vote_ranking(index: faiss.Index, owner: np.ndarray, query_descriptors: np.nd
     if len(query_descriptors) == 0 or index.ntotal == 0:
         return []
     params = faiss.SearchParametersIVF(nprobe=int(cfg["nprobe"]))  # per call: the index is shared by threads
-    sims, ids = index.search(np.ascontiguousarray(query_descriptors, np.float32), int(cfg["neighbours"]),
-                             params=params)
+    with _openmp_threads(int(cfg["threads"])):
+        sims, ids = index.search(np.ascontiguousarray(query_descriptors, np.float32), int(cfg["neighbours"]),
+                                 params=params)
     scores = vote_scores(sims, ids, owner, rows)
     if allowed is not None:
         keep = np.zeros(rows, bool)
@@ -52,6 +61,20 @@ def vote_ranking(index: faiss.Index, owner: np.ndarray, query_descriptors: np.nd
         scores = np.where(keep, scores, 0.0)
     order = np.argsort(-scores, kind="stable")[:k]
     return [int(r) for r in order if scores[r] > 0]
+
+
+@contextmanager
+def _openmp_threads(threads: int) -> Iterator[None]:
+    """OpenMP's thread count for the calling thread only (an OpenMP setting of each thread), restored after."""
+    if threads <= 0:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def descriptor_owner(offsets: np.ndarray) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""`artlens serve` gives OpenBLAS one thread per call (concurrent requests are the parallelism; docs/service.md),
+set before NumPy loads so that it takes effect, and keeps an operator's own OPENBLAS_NUM_THREADS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# The real command in a fresh interpreter, as the console script runs it; the bundle does not exist, so serve stops
+# after loading its settings (and NumPy) and before a server starts. Then: OpenBLAS's own count of its threads.
+CHILD = r"""
+import ctypes, os, sys
+from artlens.cli import app
+numpy_before = "numpy" in sys.modules
+try:
+    app(["serve", "--index", sys.argv[1]], standalone_mode=False)
+except BaseException:
+    pass
+import numpy
+assert "numpy" in sys.modules
+paths = [line.split()[-1] for line in open("/proc/self/maps") if "scipy_openblas" in line]
+if not paths:
+    print("no-openblas")
+    sys.exit(0)
+print(numpy_before, os.environ.get("OPENBLAS_NUM_THREADS"), ctypes.CDLL(paths[0]).scipy_openblas_get_num_threads64_())
+"""
+
+
+def _serve_blas_threads(tmp_path: Path, **env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                              "GOTO_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "no-bundle")], env={**clean, **env},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    if words == ["no-openblas"]:
+        pytest.skip("this NumPy is not built with scipy-openblas")
+    return words
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists() or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux and at least 2 cores (OpenBLAS's default is one thread per core)")
+def test_serve_sets_one_blas_thread_before_numpy_loads_and_keeps_the_operators_value(tmp_path):
+    assert _serve_blas_threads(tmp_path) == ["False", "1", "1"]
+    assert _serve_blas_threads(tmp_path, OPENBLAS_NUM_THREADS="2") == ["False", "2", "2"]
