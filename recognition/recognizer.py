@@ -24,6 +24,7 @@ from artlens.indexing.store.vectors import search
 from artlens.verification import LocalFeatures, Verification, extract, prepare, verify
 
 from .confidence import Calibration
+from .parallel import map_with_helpers, resolve_threads
 from .results import Candidate, ModelSummary, Recognition, SegmentRef
 from .segment_search import SegmentSearch, SegmentVotes
 from .settings import MethodUnavailable, RecognitionSettings, resolve_settings
@@ -112,9 +113,11 @@ class Recognizer:
             self._vote_owner = descriptor_votes.descriptor_owner(self.bundle.features.offsets)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._vlad_parts: tuple[vlad.Projection | None, faiss.Index] | None = None
-        # Local features are extracted while ONNX Runtime runs the model: both release the GIL, and the
-        # overlap hides part of the feature stage (docs/benchmarks.md).
-        self._feature_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="artlens-features")
+        # Local features are extracted while ONNX Runtime runs the model, and the shortlist's candidates are
+        # verified on several threads: the heavy parts release the GIL (docs/benchmarks.md).
+        self._verify_threads = resolve_threads(self.settings.verify_threads)
+        self._pool = ThreadPoolExecutor(max_workers=max(4, self._verify_threads),
+                                        thread_name_prefix="artlens-recognition")
         self.signals = self._signals()
 
     def _signals(self) -> list[str]:
@@ -162,7 +165,7 @@ class Recognizer:
         if self.settings.uses_global_embedding:
             # The descriptor votes need only the photo's local features: they run in the same thread, also behind
             # the forward pass.
-            features_job = self._feature_pool.submit(self._features_and_votes, decoded.rgb, k, allowed)
+            features_job = self._pool.submit(self._features_and_votes, decoded.rgb, k, allowed)
             query_vector = self.embedder.embed_arrays([decoded.rgb])[0] if embed is None else embed(decoded.rgb)
             t2 = time.perf_counter()
             features, descriptors, voted = features_job.result()
@@ -181,7 +184,8 @@ class Recognizer:
             shortlist += segment_votes.extra_rows(shortlist)
         t4 = time.perf_counter()
         analysis = Analysis(decoded, [], {}, query_vector, features, descriptors, k, segment_votes)
-        analysis.candidates = [self.evidence(analysis, row, rank) for rank, row in enumerate(shortlist, start=1)]
+        analysis.candidates = map_with_helpers(self._pool, lambda job: self.evidence(analysis, job[1], job[0]),
+                                               list(enumerate(shortlist, start=1)), self._verify_threads)
         t5 = time.perf_counter()
         # With a forward pass, "features" is only the part of feature extraction that outlasted it.
         embed_ms = {"embed": (t2 - t1) * 1e3} if query_vector is not None else {}

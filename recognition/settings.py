@@ -93,6 +93,8 @@ class RecognitionSettings:
     verify: Mapping[str, Any] = field(default_factory=_verify_default)
     max_overlap: float = 0.5  # two verified outlines overlapping more than this are one artwork: keep the best
     descriptor_cache: int = 1024  # prepared reference descriptors kept in memory (≈0.5 MB each)
+    # Threads verifying one photo's shortlist (0: one per core, at most 4); the answers do not depend on it.
+    verify_threads: int = 0
     pretrained: bool  # the model's weights are pretrained (its global descriptor carries meaning)
     # What method="auto" uses for similar artworks: "dinov2" with pretrained weights, else "vlad" (weight-free;
     # random-init DINOv2 similarity is chance level).

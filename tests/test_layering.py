@@ -312,7 +312,7 @@ def test_runtime_import_loads_no_torch():
 
 
 # Inside recognition a request goes one way: burst → recognizer → segment search → settings, results, confidence.
-RECOGNITION_ORDER = ("settings", "results", "confidence", "segment_search", "recognizer", "burst")
+RECOGNITION_ORDER = ("settings", "results", "confidence", "parallel", "segment_search", "recognizer", "burst")
 
 
 def test_recognition_modules_call_in_one_direction():

@@ -5,6 +5,7 @@ The modules import the stages inside the commands, so `artlens --help` loads non
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -14,6 +15,18 @@ from artlens.cli.common import console
 
 app = typer.Typer(name="artlens", help="Recognise artworks in visitors' photos.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
+
+
+@app.callback()
+def one_blas_thread_per_call() -> None:
+    """Every command gives OpenBLAS one thread per call: concurrent recognitions (the service's threads, verification
+    of a shortlist on several threads) are the parallelism. OpenBLAS's default pool of one thread per core is shared
+    by every calling thread and its idle threads spin, so the requests' matrix products (descriptor matching) got in
+    each other's way: one thread per call gave 2.2× the requests/s on 2 cores (docs/service.md, "Threads"). OpenBLAS
+    reads this when NumPy loads, which the commands defer until after this callback; an operator's value is kept."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 app.command()(recognize.recognize)
 app.command()(calibrate.calibrate)
 app.command("eval")(evaluate.evaluate)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +19,6 @@ def serve(
                                                         help="Share ONNX calls between concurrent photos.")] = None,
 ) -> None:
     """Run the HTTP service (Litestar on uvicorn). Other settings: ARTLENS_* variables (docs/service.md)."""
-    one_blas_thread_per_call()
     with errors():
         import uvicorn
 
@@ -42,11 +40,3 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(3)
-
-
-def one_blas_thread_per_call() -> None:
-    """Concurrent recognitions are the service's parallelism. OpenBLAS's default pool of one thread per core is
-    shared by every calling thread and its idle threads spin, so the requests' matrix products (descriptor matching)
-    got in each other's way: one thread per call gave 2.2× the requests/s on 2 cores (docs/service.md, "Threads").
-    OpenBLAS reads this when NumPy loads, which the commands defer until here; an operator's own value is kept."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
