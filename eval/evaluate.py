@@ -96,10 +96,28 @@ def evaluate_photos(recognizer: Recognizer, photos: list[LabelledPhoto], *, top_
         "object_recall": _ratio(found_objects, n_expected_objects),
         "answer_precision": _ratio(returned_right, returned),
         "shortlist_recall": _ratio(sum(d["in_shortlist"] for d in match_q), len(match_q)),
+        "near_threshold": near_threshold(ok, result.threshold if ok else recognizer.threshold),
         "latency_ms": {**percentiles(totals), "stages": {s: percentiles(v) for s, v in stage_times.items()}},
         "model": {"id": model.id, "pretrained": model.pretrained, "sha256": model.sha256},
         "details": details,
     }
+
+
+NEAR_BAND = 0.1  # a decision whose confidence lies this close to the threshold could flip on another machine
+
+
+def near_threshold(details: list[dict], threshold: float, band: float = NEAR_BAND) -> dict:
+    """How many of the evaluation's decisions sit within ``band`` of the threshold: for each artwork in a photo,
+    the confidence of its best candidate (0 when it was not verified); for a photo of no artwork, its top
+    candidate's. A confidence that stays away from the threshold is one a small numerical difference cannot flip."""
+    confidences = []
+    for d in details:
+        if d["expected"]:
+            confidences += [d["evidence"].get(obj, {}).get("confidence", 0.0) for obj in d["expected"]]
+        else:
+            confidences.append(d["top_confidence"])
+    near = sum(abs(c - threshold) < band for c in confidences)
+    return {"band": band, "n": int(near), "of": len(confidences), "share": _ratio(near, len(confidences))}
 
 
 def _ids(rows, artworks) -> list[str]:

@@ -43,6 +43,10 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _near(near: dict | None) -> str:
+    return "–" if not near else f"{near['n']} / {near['of']}"
+
+
 def markdown(report: dict) -> str:
     runs = report["runs"]
     model = runs[0]["model"] if runs else {}
@@ -50,8 +54,8 @@ def markdown(report: dict) -> str:
              f"Model `{model.get('id')}` (pretrained: {str(model.get('pretrained')).lower()}); bundle"
              f" `{runs[0]['bundle'] if runs else ''}`; threshold {_fmt(runs[0]['threshold'] if runs else None)}.", ""]
     lines += ["| run | photos (match / no match) | precision@1 | recall | precision | FPR | GAP | wrong answers"
-              " | shortlist recall@1 / @5 / @K | p50 / p95 ms |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              " | shortlist recall@1 / @5 / @K | near threshold | p50 / p95 ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         rk = r["recall_at_k"]
         at_k = " / ".join(_fmt(rk.get(k)) for k in ("1", "5")) + f" / {_fmt(r['shortlist_recall'])}"
@@ -59,12 +63,13 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['label']} | {r['n_match_queries']} / {r['n_nomatch_queries']} | "
                      f"**{_fmt(r['precision_at_1'])}** | {_fmt(r['recall'])} | {_fmt(r['precision'])} | "
                      f"**{_fmt(r['false_positive_rate'])}** | {_fmt(r['gap'])} | {r['wrong_answers']} | {at_k} | "
-                     f"{_fmt(lat['p50'], 0)} / {_fmt(lat['p95'], 0)} |")
+                     f"{_near(r.get('near_threshold'))} | {_fmt(lat['p50'], 0)} / {_fmt(lat['p95'], 0)} |")
     lines += ["", "K (shortlist verified) = " + ", ".join(sorted({str(r["top_k"]) for r in runs})) + ". "
               "Precision@1: the top-ranked artwork after verification, ignoring the threshold; recall, precision and"
               " FPR at the operating threshold; GAP: one prediction per photo ranked by confidence across photos,"
               " no-match photos included (Met dataset benchmark); wrong answers: artworks returned above the"
-              " threshold that are not in the photo.", ""]
+              " threshold that are not in the photo; near threshold: decisions (each artwork in a photo, the top"
+              " candidate of a photo of none) whose confidence lies within 0.1 of the threshold.", ""]
     lines += ["## RANSAC inliers", "", "| run | right artwork p10 / p25 / p50 / p75 / p90 (n) |"
               " best wrong candidate on no-match photos p50 / p90 / max (n) |", "|---|---|---|"]
     for r in runs:

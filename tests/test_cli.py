@@ -231,7 +231,14 @@ def test_eval_report(smvs_bundle, queries_csv, tmp_path):
     answers = {Path(d["image"]).stem: d["answers"] for d in report["details"]}
     assert answers == {"001": ["smvs-001"], "007": ["smvs-007"], "015": ["smvs-015"],
                        "landmark-001": [], "landmark-003": []}
+    # One decision per artwork in a photo and per photo of none; the count is recomputed from the details.
+    near = report["near_threshold"]
+    assert (near["band"], near["of"]) == (0.1, 5)
+    decisions = [d["evidence"].get(d["expected"][0], {}).get("confidence", 0.0) if d["expected"]
+                 else d["top_confidence"] for d in report["details"]]
+    assert near["n"] == sum(abs(c - report["threshold"]) < 0.1 for c in decisions)
     assert "precision_at_1" in result.stdout and "pretrained: false" in result.stdout
+    assert "near threshold" in result.stdout
 
 
 def test_eval_of_a_dataset_folder_builds_its_bundle_once(tiny_model, smvs_collection, queries_csv, tmp_path):

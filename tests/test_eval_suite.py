@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from artlens.errors import CollectionError
+from artlens.eval.evaluate import near_threshold
 from artlens.eval.metrics import global_average_precision, recall_at_k, threshold_sweep
 from artlens.eval.registry import REGISTRY, prepare, unraphael_collection
 
@@ -133,3 +134,14 @@ def test_calibrate_split_fits_on_one_part_and_reports_the_other(smvs_bundle, lab
     assert "heldout3photos" in squeeze(result.stderr)
     bad = run("calibrate", "--index", bundle, "--split", "0.5")
     assert bad.exit_code == 2 and "--split needs --queries" in bad.stderr
+
+
+def test_near_threshold_counts_each_artwork_of_a_photo_and_the_top_of_a_photo_of_none():
+    details = [
+        {"expected": ["a", "b"], "evidence": {"a": {"confidence": 0.55}, "b": {"confidence": 0.95}}},  # a is near
+        {"expected": ["c"], "evidence": {}},  # c was not verified: confidence 0, far from the threshold
+        {"expected": [], "top_confidence": 0.42},  # a photo of no artwork whose top candidate is near
+        {"expected": [], "top_confidence": 0.01},
+    ]
+    assert near_threshold(details, 0.5) == {"band": 0.1, "n": 2, "of": 5, "share": 0.4}
+    assert near_threshold(details, 0.5, band=0.04)["n"] == 0

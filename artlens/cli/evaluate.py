@@ -55,6 +55,8 @@ def _show_report(label: str, report: dict) -> None:
                 "precision", "false_positive_rate", "shortlist_recall"):
         value = report[key]
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    near = report["near_threshold"]
+    table.add_row(f"near threshold (±{near['band']})", f"{near['n']} of {near['of']}")
     latency = report["latency_ms"]
     table.add_row("latency p50 / p95 (ms)", f"{latency['p50']:.0f} / {latency['p95']:.0f}")
     for stage, stage_latency in latency["stages"].items():
