@@ -36,7 +36,8 @@ def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = 
                      config: dict | None = None, progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Fit the calibration for the bundle at ``bundle_path`` and write it into its bundle.json."""
     cfg = with_defaults(DEFAULT_CONFIG, config)
-    recognizer = Recognizer(bundle_path, model_dir, require_calibration=False)
+    # The fit sees the first pass alone: the second look at a wall decides what is weak by a calibration.
+    recognizer = Recognizer(bundle_path, model_dir, require_calibration=False, config={"walls": {"enabled": False}})
     shortlist_size = recognizer.settings.shortlist_size(top_k)
     source = "labelled photos"
     if photos is None:

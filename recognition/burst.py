@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .recognizer import Evidence, Recognizer
+from .confidence import Evidence
+from .recognizer import Recognizer
 from .results import Recognition
 
 MAX_FRAMES = 5

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from artlens.verification import Verification
+
+from .results import SegmentRef
+
 FEATURE_NAMES = ("log_inliers", "similarity")
 # A random-init model's similarity is noise (SMVS recall@10 at chance level): fitting on it only learns
 # spurious weights, so such bundles calibrate on the geometric evidence alone.
@@ -56,3 +60,21 @@ class Calibration:
 def select_features(evidence: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
     """The columns of full evidence rows (FEATURE_NAMES order) named by ``features``."""
     return np.atleast_2d(evidence)[:, [FEATURE_NAMES.index(f) for f in features]]
+
+
+@dataclass
+class Evidence:
+    """One shortlisted candidate before the decision."""
+
+    row: int
+    rank: int
+    similarity: float | None  # global-descriptor cosine; None where the photo was not embedded
+    verification: Verification
+    segment: SegmentRef | None = None  # the segment of the reference the photo shows (a detail)
+
+    def vector(self) -> np.ndarray:
+        """The evidence the calibration sees (recognition/confidence.py FEATURE_NAMES); a similarity that was not
+        computed is NaN (a calibration that reads it refuses it)."""
+        inliers = self.verification.inliers if self.verification.plausible else 0
+        similarity = np.nan if self.similarity is None else self.similarity
+        return np.array([np.log1p(inliers), similarity], dtype=np.float64)

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import faiss
 import numpy as np
 
@@ -21,31 +20,15 @@ from artlens.indexing.store import vlad
 from artlens.indexing.store import votes as descriptor_votes
 from artlens.indexing.store.bundle import Bundle, load_bundle
 from artlens.indexing.store.vectors import search
-from artlens.verification import LocalFeatures, Verification, extract, prepare, verify
+from artlens.verification import FEATURE_CONFIG, LocalFeatures, Verification, extract, prepare, verify
 
-from .confidence import Calibration
+from .confidence import Calibration, Evidence
 from .parallel import map_with_helpers, resolve_threads
-from .results import Candidate, ModelSummary, Recognition, SegmentRef
+from .rankings import alternate, region_masks
+from .results import Candidate, ModelSummary, Recognition
 from .segment_search import SegmentSearch, SegmentVotes
 from .settings import MethodUnavailable, RecognitionSettings, resolve_settings
-
-
-@dataclass
-class Evidence:
-    """One shortlisted candidate before the decision."""
-
-    row: int
-    rank: int
-    similarity: float | None  # global-descriptor cosine; None where the photo was not embedded
-    verification: Verification
-    segment: SegmentRef | None = None  # the segment of the reference the photo shows (a detail)
-
-    def vector(self) -> np.ndarray:
-        """The evidence the calibration sees (recognition/confidence.py FEATURE_NAMES); a similarity that was not
-        computed is NaN (a calibration that reads it refuses it)."""
-        inliers = self.verification.inliers if self.verification.plausible else 0
-        similarity = np.nan if self.similarity is None else self.similarity
-        return np.array([np.log1p(inliers), similarity], dtype=np.float64)
+from .walls import Reference, look, outline_overlap
 
 
 @dataclass
@@ -186,6 +169,9 @@ class Recognizer:
         analysis = Analysis(decoded, [], {}, query_vector, features, descriptors, k, segment_votes)
         analysis.candidates = map_with_helpers(self._pool, lambda job: self.evidence(analysis, job[1], job[0]),
                                                list(enumerate(shortlist, start=1)), self._verify_threads)
+        # A gallery wall: a closer look at the regions of the photo the first pass left unverified (walls.py).
+        self._second_look(analysis, lambda side: load_image(source, name=name, max_side=side, max_pixels=max_pixels,
+                                                            max_bytes=max_bytes, budget=budget), allowed)
         t5 = time.perf_counter()
         # With a forward pass, "features" is only the part of feature extraction that outlasted it.
         embed_ms = {"embed": (t2 - t1) * 1e3} if query_vector is not None else {}
@@ -193,9 +179,12 @@ class Recognizer:
                                "search": (t4 - t3) * 1e3, "verify": (t5 - t4) * 1e3}
         return analysis
 
-    def _query_features(self, rgb: np.ndarray) -> tuple[LocalFeatures, np.ndarray]:
-        """The photo's local features and their descriptors in matching space."""
-        features = extract(to_gray(rgb), self.feature_config)
+    def _query_features(self, rgb: np.ndarray, max_side: int | None = None, max_keypoints: int | None = None
+                        ) -> tuple[LocalFeatures, np.ndarray]:
+        """The photo's local features and their descriptors in matching space; ``max_side``/``max_keypoints``
+        replace the bundle's (the second look at a wall analyses more pixels and keypoints)."""
+        given = {"max_side": max_side, "max_keypoints": max_keypoints}
+        features = extract(to_gray(rgb), {**self.feature_config, **{k: v for k, v in given.items() if v is not None}})
         return features, prepare(features)
 
     def _features_and_votes(self, rgb: np.ndarray, k: int, allowed: np.ndarray | None
@@ -230,12 +219,12 @@ class Recognizer:
                 if row >= 0:
                     scores[int(row)] = scores.get(int(row), 0.0) + 1.0 / (self.settings.rrf_k + rank + 1)
         fused = sorted(scores, key=lambda r: -scores[r])[:k]
-        return fused if voted is None else _alternate(voted, fused, k)
+        return fused if voted is None else alternate(voted, fused, k)
 
     def _region_vlads(self, features: LocalFeatures, descriptors: np.ndarray) -> np.ndarray:
         """VLAD of the whole photo, then (with ``vlad_regions``) of 4 overlapping quadrants and the centre."""
         return vlad.aggregate_regions(descriptors, self.bundle.vocabulary,
-                                      _regions(features, self.settings.vlad_regions))
+                                      region_masks(features, self.settings.vlad_regions))
 
     def _vlad_ranking(self, region_vlads: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[int]:
         """Top-k rows by VLAD similarity, each scored by its best region of the photo (max, not rank fusion: a
@@ -289,6 +278,53 @@ class Recognizer:
                                                 analysis.query_descriptors, ref, ref_desc, ver, self.settings.verify)
         return Evidence(row, rank, similarity, ver, segment)
 
+    def _second_look(self, analysis: Analysis, decode: Callable[[int], DecodedImage],
+                     allowed: np.ndarray | None) -> None:
+        """Each candidate's evidence with what a closer look at the photo's windows found (``walls.look``): the
+        better verification of a shortlisted row, new candidates for rows only a window found. Only with a
+        calibration (what is verified decides what is weak); calibration/calibrate.py switches it off while one is
+        fitted: the fit sees the first pass alone, and a window, a photo of one painting, gives evidence on the
+        scale of the fit's simulated photos."""
+        calibration = self.calibration
+        if not self.settings.walls["enabled"] or calibration is None:
+            return
+
+        def similarity(row: int) -> float | None:
+            if analysis.query_vector is None:  # no forward pass: the settings do not use the global embedding
+                return None
+            return float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
+
+        def verified(row: int, ver: Verification) -> bool:
+            vector = Evidence(row, 0, similarity(row), ver).vector()
+            return ver.plausible and float(calibration.confidence(vector[None])[0]) >= calibration.threshold
+
+        found = look([(c.row, c.verification) for c in analysis.candidates], verified,
+                     analysis.query_features.image_size, analysis.decoded.original_size, decode,
+                     lambda descriptors, k: self._window_ranking(descriptors, k, allowed),
+                     lambda row: Reference(self.bundle.features.get(row), self._reference_descriptors(row)),
+                     self._query_features, self.feature_config.get("max_keypoints", FEATURE_CONFIG["max_keypoints"]),
+                     self.settings.verify, self.settings.walls)
+        by_row = {c.row: c for c in analysis.candidates}
+        for row, ver in found.items():
+            evidence = by_row.get(row)
+            if evidence is None:
+                evidence = Evidence(row, len(analysis.candidates) + 1, similarity(row), ver)
+                analysis.candidates.append(evidence)
+            elif (ver.plausible, ver.inliers) > (evidence.verification.plausible, evidence.verification.inliers):
+                evidence.verification = ver
+            else:
+                continue
+            votes, size = analysis.segment_votes, analysis.query_features.image_size
+            if votes is not None and self.segments is not None and row in votes.best:
+                evidence.segment = self.segments.shown_segment(row, votes.best[row], ver, size)
+
+    def _window_ranking(self, descriptors: np.ndarray, k: int, allowed: np.ndarray | None) -> list[int]:
+        """The best ``k`` rows for a window of the photo: its descriptor votes, or its VLAD without a vote index."""
+        voted = self.vote_ranking(descriptors, k, allowed)
+        if voted is not None:
+            return voted
+        return self._vlad_ranking(vlad.aggregate(descriptors, self.bundle.vocabulary)[None], k, allowed)
+
     def fused_analysis(self, analyses: list[Analysis], candidates: list[Evidence]) -> Analysis:
         """One analysis of several frames of one view (a burst): ``candidates`` gathered from the frames, the
         first frame's photo, the stage timings summed over the frames."""
@@ -306,7 +342,7 @@ class Recognizer:
         accepted: list[Candidate] = []
         best_rejected: Candidate | None = None
         for cand in self.rank(analysis, threshold):
-            if cand.verified and not any(_overlap(cand.outline, a.outline) > self.settings.max_overlap
+            if cand.verified and not any(outline_overlap(cand.outline, a.outline) > self.settings.max_overlap
                                          for a in accepted):
                 accepted.append(cand)
             elif best_rejected is None and not cand.verified:
@@ -350,33 +386,3 @@ class Recognizer:
             inlier_ratio=round(ver.inlier_ratio, 4), outline=outline, rejected=ver.rejected, segment=evidence.segment,
         )
 
-
-def _overlap(a: list[list[float]] | None, b: list[list[float]] | None) -> float:
-    """Intersection over the smaller outline's area (a detail inside a whole counts as the same artwork)."""
-    if a is None or b is None:
-        return 0.0
-    pa, pb = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    area_a, area_b = cv2.contourArea(pa), cv2.contourArea(pb)
-    if min(area_a, area_b) <= 0:
-        return 0.0
-    inter, _ = cv2.intersectConvexConvex(pa, pb)
-    return float(inter) / min(area_a, area_b)
-
-
-def _alternate(first: list[int], second: list[int], k: int) -> list[int]:
-    """``first[0], second[0], first[1], …`` without repeats, at most ``k``; the longer list fills the rest."""
-    out: list[int] = []
-    seen: set[int] = set()
-    for i in range(max(len(first), len(second))):
-        for ranking in (first, second):
-            if i < len(ranking) and ranking[i] not in seen:
-                seen.add(ranking[i])
-                out.append(ranking[i])
-    return out[:k]
-
-
-def _regions(features: LocalFeatures, with_regions: bool) -> list[np.ndarray]:
-    """Keypoint masks: the whole photo, then (optionally) 4 overlapping quadrants and the centre."""
-    if not with_regions:
-        return [np.ones(len(features), dtype=bool)]
-    return vlad.region_masks(features.keypoints, features.image_size)

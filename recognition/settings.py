@@ -20,6 +20,9 @@ from artlens.indexing.store.bundle import resolve_shortlist, uses_global_embeddi
 from artlens.indexing.store.votes import SEARCH_CONFIG as VOTES_CONFIG
 from artlens.verification import VERIFY_CONFIG
 
+from .walls import DEFAULT_CONFIG as WALLS_CONFIG
+from .walls import config_of as walls_config
+
 SIMILAR_METHODS = ("auto", "vlad", "dinov2")
 SEGMENT_SPACES = ("auto", "dinov2", "local")
 DEFAULT_TOP_K = 20  # shortlist verified per photo: SMVS gate precision@1 0.957 (eval/baselines/smvs-tiny.json)
@@ -68,6 +71,10 @@ def _verify_default() -> Mapping[str, Any]:
     return MappingProxyType(dict(VERIFY_CONFIG))
 
 
+def _walls_default() -> Mapping[str, Any]:
+    return MappingProxyType(dict(WALLS_CONFIG))
+
+
 @dataclass(frozen=True, kw_only=True)
 class RecognitionSettings:
     """One Recognizer's settings; ``resolve_settings`` builds it."""
@@ -92,6 +99,9 @@ class RecognitionSettings:
     votes: Mapping[str, Any] = field(default_factory=_votes_default)
     verify: Mapping[str, Any] = field(default_factory=_verify_default)
     max_overlap: float = 0.5  # two verified outlines overlapping more than this are one artwork: keep the best
+    # A second, closer look at a photo of several paintings (recognition/walls.py DEFAULT_CONFIG, docs/walls.md);
+    # given keys replace the defaults one by one.
+    walls: Mapping[str, Any] = field(default_factory=_walls_default)
     descriptor_cache: int = 1024  # prepared reference descriptors kept in memory (≈0.5 MB each)
     # Threads verifying one photo's shortlist (0: one per core, at most 4); the answers do not depend on it.
     verify_threads: int = 0
@@ -134,6 +144,8 @@ def _tunable(cls: type, given: Mapping[str, Any], what: str, known: tuple[str, .
         out[name] = convert(value) if convert and value is not None else value
         if name in ("votes", "verify"):
             out[name] = MappingProxyType(dict(value or {}))
+        if name == "walls":
+            out[name] = MappingProxyType(walls_config(value))
     return out
 
 

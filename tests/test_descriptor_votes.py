@@ -10,7 +10,8 @@ import pytest
 
 from artlens.indexing.store.bundle import load_bundle
 from artlens.indexing.store.votes import descriptor_owner, vote_ranking, vote_scores
-from artlens.recognition.recognizer import Recognizer, _alternate
+from artlens.recognition.rankings import alternate
+from artlens.recognition.recognizer import Recognizer
 
 from .conftest import SMVS, SMVS_SUBSET, needs_shared, write_collection
 
@@ -27,9 +28,9 @@ def test_vote_scores_reward_distinctive_matches_only():
 
 
 def test_alternate_takes_turns_without_repeats():
-    assert _alternate([5, 1, 2], [1, 7], 10) == [5, 1, 7, 2]
-    assert _alternate([5, 1, 2], [1, 7], 2) == [5, 1]
-    assert _alternate([], [3, 4], 5) == [3, 4]
+    assert alternate([5, 1, 2], [1, 7], 10) == [5, 1, 7, 2]
+    assert alternate([5, 1, 2], [1, 7], 2) == [5, 1]
+    assert alternate([], [3, 4], 5) == [3, 4]
 
 
 def test_descriptor_owner_follows_offsets():

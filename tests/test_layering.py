@@ -311,8 +311,10 @@ def test_runtime_import_loads_no_torch():
     assert proc.returncode == 0, f"loaded at import: {proc.stdout.strip()} {proc.stderr[-2000:]}"
 
 
-# Inside recognition a request goes one way: burst → recognizer → segment search → settings, results, confidence.
-RECOGNITION_ORDER = ("settings", "results", "confidence", "parallel", "segment_search", "recognizer", "burst")
+# Inside recognition a request goes one way: burst → recognizer → segment search → settings, results, confidence →
+# walls (the second look at a wall, whose defaults settings holds).
+RECOGNITION_ORDER = ("walls", "settings", "results", "confidence", "parallel", "rankings", "segment_search",
+                     "recognizer", "burst")
 
 
 def test_recognition_modules_call_in_one_direction():

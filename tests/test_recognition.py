@@ -99,16 +99,16 @@ def test_cli_prints_titles_with_brackets_verbatim(smvs_bundle, capsys):
 def test_vlad_regions_cover_the_photo_and_skip_sparse_ones():
     import numpy as np
 
-    from artlens.recognition.recognizer import _regions
+    from artlens.recognition.rankings import region_masks
     from artlens.verification import LocalFeatures
 
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 1, size=(400, 2)).astype(np.float32) * np.array([800, 600], np.float32)
     feats = LocalFeatures(pts, np.zeros((400, 128), np.uint8), (800, 600))
-    masks = _regions(feats, True)
+    masks = region_masks(feats, True)
     assert len(masks) == 6 and masks[0].all()
     assert all(20 <= m.sum() < 400 for m in masks[1:])
     left = pts[pts[:, 0] < 150]
     left_only = LocalFeatures(left, np.zeros((len(left), 128), np.uint8), (800, 600))
-    assert len(_regions(left_only, True)) == 3  # whole + the two left quadrants; right ones and centre are empty
-    assert len(_regions(feats, False)) == 1
+    assert len(region_masks(left_only, True)) == 3  # whole + the two left quadrants; right ones and centre are empty
+    assert len(region_masks(feats, False)) == 1
