@@ -264,11 +264,15 @@ class Recognizer:
         hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and int(i) != row]
         return method, hits[:count]
 
+    def _similarity(self, analysis: Analysis, row: int) -> float | None:
+        """The photo's global-descriptor cosine to bundle row ``row``; None where it was not embedded."""
+        if analysis.query_vector is None:
+            return None
+        return float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
+
     def evidence(self, analysis: Analysis, row: int, rank: int) -> Evidence:
         """Verify the photo against bundle row ``row`` (calibration also uses it for rows outside the shortlist)."""
-        similarity = None
-        if analysis.query_vector is not None:
-            similarity = float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
+        similarity = self._similarity(analysis, row)
         ref = self.bundle.features.get(row)
         ref_desc = self._reference_descriptors(row)
         ver = verify(analysis.query_features, analysis.query_descriptors, ref, ref_desc, self.settings.verify)
@@ -289,13 +293,8 @@ class Recognizer:
         if not self.settings.walls["enabled"] or calibration is None:
             return
 
-        def similarity(row: int) -> float | None:
-            if analysis.query_vector is None:  # no forward pass: the settings do not use the global embedding
-                return None
-            return float(np.asarray(self.bundle.embeddings[row]) @ analysis.query_vector)
-
         def verified(row: int, ver: Verification) -> bool:
-            vector = Evidence(row, 0, similarity(row), ver).vector()
+            vector = Evidence(row, 0, self._similarity(analysis, row), ver).vector()
             return ver.plausible and float(calibration.confidence(vector[None])[0]) >= calibration.threshold
 
         found = look([(c.row, c.verification) for c in analysis.candidates], verified,
@@ -308,7 +307,7 @@ class Recognizer:
         for row, ver in found.items():
             evidence = by_row.get(row)
             if evidence is None:
-                evidence = Evidence(row, len(analysis.candidates) + 1, similarity(row), ver)
+                evidence = Evidence(row, len(analysis.candidates) + 1, self._similarity(analysis, row), ver)
                 analysis.candidates.append(evidence)
             elif (ver.plausible, ver.inliers) > (evidence.verification.plausible, evidence.verification.inliers):
                 evidence.verification = ver
