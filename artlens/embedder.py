@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -130,13 +131,52 @@ def read_model_json(model_dir: Path) -> dict:
     return meta
 
 
+def open_session(onnx_path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime session as every model of ours runs: ARTLENS_DEVICE picks the provider, ARTLENS_ORT_THREADS
+    (or ``threads``) caps the intra-op threads, idle threads do not spin. ModelError when it cannot start."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise for operators
+    # ORT's idle threads spin after each run and starve the verification that follows on a small CPU:
+    # turning it off halved verify time on 2 cores (docs/benchmarks.md) without slowing the forward.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ARTLENS_ORT_THREADS caps ONNX Runtime's intra-op threads for a whole deployment (0: ORT's default).
+    threads = threads or ort_threads_setting()
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    device = requested_device()
+    problem = cuda_problem() if device != "cpu" else None
+    if device == "cuda" and problem:
+        raise ModelError(f"ARTLENS_DEVICE=cuda but CUDA is not usable: {problem}")
+    if device != "cpu" and problem is None:
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+    except Exception as exc:
+        raise ModelError(f"{onnx_path}: ONNX Runtime cannot load the model ({exc})") from None
+    started = session.get_providers()
+    # ORT falls back to the CPU with only a log line when the CUDA provider fails to load (CUDA or cuDNN
+    # libraries missing or of another major version): with ARTLENS_DEVICE=cuda that is a start-up error.
+    if device == "cuda" and "CUDAExecutionProvider" not in started:
+        raise ModelError("ARTLENS_DEVICE=cuda but ONNX Runtime could not start its CUDA execution provider"
+                         " (see its log above: CUDA or cuDNN libraries missing or of another version than"
+                         " this onnxruntime-gpu was built for)")
+    if started[0] != providers[0]:
+        log.warning("ONNX Runtime could not start %s; running on %s", providers[0], started[0])
+    installed = onnxruntime_distributions()
+    if len(installed) > 1:
+        log.warning("both %s are installed: they share one module, so the one installed last runs; keep one"
+                    " (README, GPU)", " and ".join(installed))
+    return session
+
+
 class Embedder:
     """ONNX Runtime session + the preprocessing and pooling the model was exported with."""
 
     def __init__(self, model_dir: str | Path, *, pooling: str | None = None, threads: int | None = None,
                  check_sha: bool = True) -> None:
-        import onnxruntime as ort
-
         self.model_dir = Path(model_dir)
         meta = read_model_json(self.model_dir)
         onnx_path = self.model_dir / meta["onnx"].get("file", "model.onnx")
@@ -157,39 +197,8 @@ class Embedder:
         self.pooling = pooling or meta.get("pooling", "gem")
         if self.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise for operators
-        # ORT's idle threads spin after each run and starve the verification that follows on a small CPU:
-        # turning it off halved verify time on 2 cores (docs/benchmarks.md) without slowing the forward.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # ARTLENS_ORT_THREADS caps ONNX Runtime's intra-op threads for a whole deployment (0: ORT's default).
-        threads = threads or ort_threads_setting()
-        if threads:
-            opts.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        device = requested_device()
-        problem = cuda_problem() if device != "cpu" else None
-        if device == "cuda" and problem:
-            raise ModelError(f"ARTLENS_DEVICE=cuda but CUDA is not usable: {problem}")
-        if device != "cpu" and problem is None:
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
-        except Exception as exc:
-            raise ModelError(f"{onnx_path}: ONNX Runtime cannot load the model ({exc})") from None
+        self.session = open_session(onnx_path, threads)
         self.providers = self.session.get_providers()
-        # ORT falls back to the CPU with only a log line when the CUDA provider fails to load (CUDA or cuDNN
-        # libraries missing or of another major version): with ARTLENS_DEVICE=cuda that is a start-up error.
-        if device == "cuda" and "CUDAExecutionProvider" not in self.providers:
-            raise ModelError("ARTLENS_DEVICE=cuda but ONNX Runtime could not start its CUDA execution provider"
-                             " (see its log above: CUDA or cuDNN libraries missing or of another version than"
-                             " this onnxruntime-gpu was built for)")
-        if self.providers[0] != providers[0]:
-            log.warning("ONNX Runtime could not start %s; running on %s", providers[0], self.providers[0])
-        installed = onnxruntime_distributions()
-        if len(installed) > 1:
-            log.warning("both %s are installed: they share one module, so the one installed last runs; keep one"
-                        " (README, GPU)", " and ".join(installed))
         self.input_name = meta["onnx"].get("input", "pixel_values")
         self.info = ModelInfo(
             source=str(meta.get("source", self.model_dir)), pretrained=bool(meta["pretrained"]), sha256=sha,

@@ -2,7 +2,8 @@
 
 Keypoints are returned in pixel coordinates of the image they were computed on, plus that image's size, so
 callers can normalise. Descriptors are stored compactly (uint8) and turned into matching space by
-:func:`matching_space` only when matched.
+:func:`matching_space` only when matched. Learned features (:data:`LEARNED_METHODS`, extracted by
+artlens/local_model.py on ONNX Runtime) carry float32 unit descriptors that are already in matching space.
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ DEFAULT_CONFIG: dict = {
 @dataclass(frozen=True)
 class LocalFeatures:
     keypoints: np.ndarray  # float32 [N, 2] (x, y) pixels in the analysed image
-    descriptors: np.ndarray  # uint8 [N, D]
+    descriptors: np.ndarray  # uint8 [N, D] (OpenCV methods) or float32 unit vectors [N, D] (LEARNED_METHODS)
     image_size: tuple[int, int]  # (width, height) of the analysed image
     method: str = "rootsift"
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
+
+
+# Descriptors from a network, L2-normalised by it: matched by inner product as they are.
+LEARNED_METHODS = frozenset({"xfeat", "aliked"})
 
 
 def binary_method(method: str) -> bool:
@@ -47,6 +52,8 @@ def _detector(method: str, max_keypoints: int, contrast_threshold: float):
         return cv2.ORB_create(nfeatures=max_keypoints, scaleFactor=1.2, nlevels=8, fastThreshold=10)
     if method == "akaze":
         return cv2.AKAZE_create(threshold=0.0005)
+    if method in LEARNED_METHODS:
+        raise ValueError(f"{method} features come from a learned model: extract them with artlens.local_model")
     raise ValueError(f"unknown local feature method {method!r} (rootsift, sift, orb, akaze)")
 
 
@@ -81,6 +88,8 @@ def matching_space(desc: np.ndarray, method: str) -> np.ndarray:
     """Descriptors as float32 unit vectors (inner product = similarity); RootSIFT = sqrt of L1-normalised SIFT."""
     if binary_method(method):
         raise ValueError("binary descriptors are matched by Hamming distance, not in a float space")
+    if method in LEARNED_METHODS:
+        return np.ascontiguousarray(desc, dtype=np.float32)
     d = desc.astype(np.float32)
     if method == "rootsift":
         d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-6)

@@ -1,4 +1,8 @@
-"""Descriptor matching: nearest neighbour with Lowe's ratio test and an optional mutual check."""
+"""Descriptor matching: nearest neighbour with Lowe's ratio test and an optional mutual check.
+
+``ratio: None`` turns the ratio test off: with ``mutual`` that is plain mutual nearest neighbours (MNN), how
+learned descriptors such as XFeat's are matched.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 from artlens.config import with_defaults
 
 DEFAULT_CONFIG: dict = {
-    "ratio": 0.85,  # Lowe's ratio on distances; RANSAC removes what the looser ratio lets through
+    "ratio": 0.85,  # Lowe's ratio on distances; RANSAC removes what the looser ratio lets through; None: no test
     "mutual": True,
 }
 
@@ -29,11 +33,14 @@ def match_float(query: np.ndarray, ref: np.ndarray, config: dict | None = None) 
         return np.zeros((0, 2), np.int32)
     sim = query @ ref.T  # [Nq, Nr]; one BLAS call: the same sums whatever the blocking below
     best, s_best, s_second, column_rest = _top_two(sim)
-    # Squared L2 distance between unit vectors is 2 - 2·sim.
-    d_best = np.sqrt(np.maximum(2.0 - 2.0 * s_best, 0.0))
-    d_second = np.sqrt(np.maximum(2.0 - 2.0 * s_second, 0.0))
-    keep = d_best < cfg["ratio"] * d_second
     rows = np.arange(len(sim))
+    if cfg["ratio"] is None:  # no ratio test: with ``mutual``, plain mutual nearest neighbours
+        keep = np.ones(len(rows), dtype=bool)
+    else:
+        # Squared L2 distance between unit vectors is 2 - 2·sim.
+        d_best = np.sqrt(np.maximum(2.0 - 2.0 * s_best, 0.0))
+        d_second = np.sqrt(np.maximum(2.0 - 2.0 * s_second, 0.0))
+        keep = d_best < cfg["ratio"] * d_second
     if cfg["mutual"]:
         keep &= _column_owner(sim, best, s_best, column_rest)[best] == rows
     return np.stack([rows[keep], best[keep]], axis=1).astype(np.int32)
@@ -88,7 +95,7 @@ def match_binary(query: np.ndarray, ref: np.ndarray, config: dict | None = None)
     knn = matcher.knnMatch(query, ref, k=2)
     best_for_ref: dict[int, tuple[float, int]] = {}
     for m in knn:
-        if len(m) == 2 and m[0].distance < cfg["ratio"] * m[1].distance:
+        if len(m) == 2 and (cfg["ratio"] is None or m[0].distance < cfg["ratio"] * m[1].distance):
             pairs.append((m[0].queryIdx, m[0].trainIdx))
             prev = best_for_ref.get(m[0].trainIdx)
             if prev is None or m[0].distance < prev[0]:

