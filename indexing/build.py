@@ -21,6 +21,7 @@ from artlens.files import moved_into_place
 from artlens.imaging import load_image
 from artlens.indexing.store import vlad
 from artlens.indexing.store.bundle import ReferenceFeatures, resolve_shortlist, uses_global_embedding
+from artlens.local_features import FeatureExtractor, install_model
 from artlens.verification import FEATURE_CONFIG, LocalFeatures, matching_space
 
 from . import bundle_writer, descriptor_votes, renditions, segment_collection, vector_index, vocabulary
@@ -74,6 +75,9 @@ def build_bundle(
     """
     cfg = with_defaults(DEFAULT_CONFIG, config)
     feature_config = with_defaults(FEATURE_CONFIG, cfg["features"])
+    # A learned method's model directory (``features.model_dir``): copied into the bundle, not recorded as a path.
+    features_model = feature_config.pop("model_dir", None)
+    extractor = FeatureExtractor(feature_config, features_model)
     started = time.perf_counter()
     out = Path(out)
     bundle_writer.check_replaceable(out)
@@ -99,6 +103,7 @@ def build_bundle(
     # sit in memory together.
     staging = bundle_writer.staging_dir(out)
     with moved_into_place(staging, out):
+        model_files = install_model(Path(features_model), staging) if extractor.model is not None else []
         artworks: list[dict] = []
         feats: list[LocalFeatures] = []
         pending: list[np.ndarray] = []  # images for the model, embedded in batches
@@ -109,7 +114,7 @@ def build_bundle(
             try:
                 data = fetch_bytes(source)
                 reference = read_reference(data, name=f"{collection.path}:{row.number} ({row.image})",
-                                           feature_config=feature_config)
+                                           extractor=extractor)
                 rendition = renditions.write_rendition(staging, reference.rendition)
             except ArtlensError as exc:
                 reason = str(exc) if str(row.image) in str(exc) else f"{row.image}: {exc}"
@@ -174,7 +179,7 @@ def build_bundle(
             "counts": {"artworks": len(artworks), "keypoints": int(features.offsets[-1])},
             "index": index_desc,  # None: no global embeddings
             "local_index": local_desc,
-            "features": {"config": feature_config},
+            "features": extractor.record(model_files),
             **({"votes": votes_desc} if votes_desc else {}),
             "calibration": None,
             **({"segments": segment_desc} if segment_desc else {}),

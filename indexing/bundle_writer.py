@@ -25,6 +25,7 @@ from artlens.indexing.store.bundle import (
     has_global_embedding,
 )
 from artlens.indexing.store.segments import segment_files
+from artlens.local_features import bundle_model_files
 
 from .renditions import stored_files_in
 
@@ -64,6 +65,7 @@ def write_meta(directory: Path, meta: dict) -> None:
         files.append(VOTES_FILE)
     if meta.get("segments"):
         files += segment_files(meta["segments"])
+    files += bundle_model_files(meta)  # a learned local-feature model's copy: queries are described by it
     files += stored_files_in(directory)  # renditions and stored originals: checked like every other file
     meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
     tmp = directory / "bundle.json.tmp"

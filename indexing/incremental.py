@@ -23,6 +23,7 @@ from artlens.files import moved_into_place
 from artlens.indexing.store import vlad
 from artlens.indexing.store.bundle import Bundle, ReferenceFeatures, load_bundle
 from artlens.indexing.store.segments import DetailFeatures, SegmentStore, segment_files
+from artlens.local_features import FeatureExtractor, bundle_model_files
 from artlens.verification import matching_space
 
 from . import bundle_writer, renditions, vector_index
@@ -61,8 +62,8 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     check_object_id(object_id)
     if any(art["object_id"] == object_id for art in bundle.artworks):
         raise ArtworkExists(f"artwork {object_id!r} is already in this index; delete it first to replace it")
-    reference = read_reference(image, name=f"image of {object_id!r}", feature_config=bundle.meta["features"]["config"],
-                               **load_limits)
+    extractor = FeatureExtractor.for_bundle(bundle.meta, bundle.path)
+    reference = read_reference(image, name=f"image of {object_id!r}", extractor=extractor, **load_limits)
     feats = reference.features
     vlad_vector = vlad.aggregate(matching_space(feats.descriptors, feats.method), bundle.vocabulary).astype(np.float32)
     sha = hashlib.sha256(image).hexdigest()
@@ -241,6 +242,7 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
     with moved_into_place(staging, out):
         # Only the kept artworks' files move on: a deleted artwork's rendition and original go with the old version.
         _carry_images(out, staging, set(renditions.stored_files(artworks)) - set(new_files or {}), required=True)
+        _carry_images(out, staging, set(bundle_model_files(bundle.meta)), required=True)  # learned features' model
         if segments is not None:  # first: bundle.json's checksums cover these files
             segments[0].write(staging)
         elif bundle.segments is not None:  # an added artwork has no segments; the others' keep their row numbers

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from artlens.imaging import DecodedImage, load_image, to_gray
-from artlens.verification import LocalFeatures, extract
+from artlens.imaging import DecodedImage, load_image
+from artlens.local_features import FeatureExtractor
+from artlens.verification import LocalFeatures
 
 from .collection import check_reference_features
 from .renditions import make_rendition
@@ -22,11 +23,11 @@ class Reference:
     rendition: bytes  # the JPEG the bundle stores for it (renditions.py)
 
 
-def read_reference(data: bytes, *, name: str, feature_config: dict, **load_limits) -> Reference:
-    """Decode ``data``, extract its local features with ``feature_config`` (an artwork needs enough of them:
+def read_reference(data: bytes, *, name: str, extractor: FeatureExtractor, **load_limits) -> Reference:
+    """Decode ``data``, extract its local features with the bundle's ``extractor`` (an artwork needs enough of them:
     ``TooFewFeatures`` otherwise) and make its rendition. ``name`` labels the image in error messages;
     ``load_limits`` are :func:`artlens.imaging.load_image`'s (max_pixels, max_bytes, budget)."""
-    image = load_image(data, name=name, max_side=feature_config["max_side"], **load_limits)
-    features = extract(to_gray(image.rgb), feature_config)
+    image = load_image(data, name=name, max_side=extractor.config["max_side"], **load_limits)
+    features = extractor.extract(image.rgb)
     check_reference_features(len(features), name)
     return Reference(image, features, make_rendition(data, name=name))

@@ -16,11 +16,12 @@ import numpy as np
 
 from artlens.config import with_defaults
 from artlens.embedder import Embedder
-from artlens.errors import ModelError
+from artlens.errors import ArtlensError, ModelError
 from artlens.imaging import to_gray
 from artlens.indexing.store import vlad
 from artlens.indexing.store.segments import DetailFeatures, SegmentStore, project_local, segment_files
 from artlens.verification import FEATURE_CONFIG, LocalFeatures, extract, matching_space
+from artlens.verification.features import LEARNED_METHODS
 
 from . import amg, compressed_index, segment_vectors, vector_index
 from .sam_model import SamModel
@@ -61,6 +62,10 @@ class SegmentCollector:
                  feature_config: dict | None = None, *, global_embedding: bool = True):
         self.config = with_defaults(DEFAULT_CONFIG, config)
         self.feature_config = with_defaults(FEATURE_CONFIG, feature_config)
+        if self.feature_config["method"] in LEARNED_METHODS:  # detail features and segment VLADs are RootSIFT's
+            raise ArtlensError(f"segments (--segments) are indexed with RootSIFT local features only, not"
+                               f" {self.feature_config['method']!r}; build with --features rootsift, or without"
+                               " --segments")
         self.amg_config = with_defaults(amg.DEFAULT_CONFIG, self.config["amg"])
         if self.config["mode"] not in segment_vectors.MODES:
             raise ModelError(f"unknown segment mode {self.config['mode']!r}; choose one of "

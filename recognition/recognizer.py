@@ -15,12 +15,13 @@ import numpy as np
 
 from artlens.embedder import Embedder
 from artlens.errors import BundleError, ModelError
-from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodeBudget, DecodedImage, load_image, to_gray
+from artlens.imaging import MAX_BYTES, MAX_PIXELS, DecodeBudget, DecodedImage, load_image
 from artlens.indexing.store import vlad
 from artlens.indexing.store import votes as descriptor_votes
 from artlens.indexing.store.bundle import Bundle, load_bundle
 from artlens.indexing.store.vectors import search
-from artlens.verification import FEATURE_CONFIG, LocalFeatures, Verification, extract, prepare, verify
+from artlens.local_features import FeatureExtractor
+from artlens.verification import FEATURE_CONFIG, LocalFeatures, Verification, prepare, verify
 
 from .confidence import Calibration, Evidence
 from .parallel import map_with_helpers, resolve_threads
@@ -67,6 +68,7 @@ class Recognizer:
                              + "; ".join(mismatch) + ". Pass --model with the bundle's model, or rebuild the bundle")
         self.embedder = embedder
         self.feature_config = self.bundle.meta["features"]["config"]
+        self.extractor = FeatureExtractor.for_bundle(self.bundle.meta, self.bundle.path)  # a learned one: its model
         self.calibration = None
         problem = "bundle has no calibration"
         if self.bundle.calibration:
@@ -80,7 +82,9 @@ class Recognizer:
         on_similarity = self.calibration is not None and "similarity" in self.calibration.features
         self.settings: RecognitionSettings = resolve_settings(config, pretrained=embedder.info.pretrained,
                                                               built_for=self.bundle.built_for,
-                                                              calibrated_on_similarity=on_similarity)
+                                                              calibrated_on_similarity=on_similarity,
+                                                              matching=self.bundle.meta["features"].get("matching"),
+                                                              learned_features=self.extractor.model is not None)
         if self.settings.uses_global_embedding and self.bundle.embeddings is None:
             needs = "its calibration" if on_similarity else f"shortlist {self.settings.shortlist!r}"
             raise BundleError(f"{needs} needs global embeddings, and this bundle was built without them (random-init"
@@ -106,7 +110,8 @@ class Recognizer:
     def _signals(self) -> list[str]:
         """What the answers rest on, in a fixed order (every Recognition's ``signals``)."""
         settings = self.settings
-        used = {"local_features": True,  # verification: RootSIFT matches and a homography, always
+        used = {"local_features": True,  # verification: local-feature matches and a homography, always
+                "learned_features": self.extractor.model is not None,  # those features come from a network
                 "vlad": settings.shortlist in {"fused", "local"},
                 "descriptor_votes": self._vote_owner is not None,
                 "segments": self.segments is not None and settings.segments.enabled,
@@ -183,8 +188,7 @@ class Recognizer:
                         ) -> tuple[LocalFeatures, np.ndarray]:
         """The photo's local features and their descriptors in matching space; ``max_side``/``max_keypoints``
         replace the bundle's (the second look at a wall analyses more pixels and keypoints)."""
-        given = {"max_side": max_side, "max_keypoints": max_keypoints}
-        features = extract(to_gray(rgb), {**self.feature_config, **{k: v for k, v in given.items() if v is not None}})
+        features = self.extractor.extract(rgb, max_side, max_keypoints)
         return features, prepare(features)
 
     def _features_and_votes(self, rgb: np.ndarray, k: int, allowed: np.ndarray | None

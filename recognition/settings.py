@@ -24,6 +24,11 @@ from .walls import DEFAULT_CONFIG as WALLS_CONFIG
 from .walls import config_of as walls_config
 
 SIMILAR_METHODS = ("auto", "vlad", "dinov2")
+# Mutual-nearest-neighbour matching of learned descriptors (no ratio test) gives wrong references more chance
+# inliers than RootSIFT's ratio test: on SMVS with XFeat the most any wrong candidate of a photo got was 13 (median),
+# 32 (99th percentile), 35 (max), against RootSIFT's 5 / 7 / 7. The second look's hint (walls.py: a plausible,
+# unverified candidate shows where a painting hangs) starts above that floor, or it fires on every photo.
+LEARNED_WALLS = {"hint_inliers": 40}
 SEGMENT_SPACES = ("auto", "dinov2", "local")
 DEFAULT_TOP_K = 20  # shortlist verified per photo: SMVS gate precision@1 0.957 (eval/baselines/smvs-tiny.json)
 
@@ -156,12 +161,20 @@ def resolve_segment_settings(config: Mapping[str, Any] | None = None, *, pretrai
 
 
 def resolve_settings(config: Mapping[str, Any] | None = None, *, pretrained: bool, built_for: str | None = None,
-                     calibrated_on_similarity: bool = False) -> RecognitionSettings:
+                     calibrated_on_similarity: bool = False, matching: Mapping[str, Any] | None = None,
+                     learned_features: bool = False) -> RecognitionSettings:
     """Recognition settings: the defaults, then ``config`` (keys as RecognitionSettings' fields, ``segments`` a
     dict of SegmentSettings' fields); every "auto" resolved for a (non-)``pretrained`` model and the shortlist the
     bundle was ``built_for`` (bundle.json "shortlist"; None for older bundles). ``calibrated_on_similarity``: the
-    bundle's calibration reads the global-descriptor similarity, so the photo's embedding is needed."""
+    bundle's calibration reads the global-descriptor similarity, so the photo's embedding is needed. ``matching``:
+    the descriptor matching the bundle's features record (bundle.json features.matching: learned descriptors by
+    mutual nearest neighbours), the default under a ``verify`` config's own keys. ``learned_features``: the bundle's
+    local features come from a network (:data:`LEARNED_WALLS` under a ``walls`` config's own keys)."""
     given = dict(config or {})
+    if matching is not None:
+        given["verify"] = {**VERIFY_CONFIG, "matching": dict(matching), **dict(given.get("verify") or {})}
+    if learned_features:
+        given["walls"] = {**LEARNED_WALLS, **dict(given.get("walls") or {})}
     requested = given.pop("shortlist", "auto")
     shortlist = resolve_shortlist(requested, pretrained=pretrained, built_for=built_for)
     segments = resolve_segment_settings(given.pop("segments", None), pretrained=pretrained)

@@ -23,7 +23,10 @@ PACKAGES = {"artlens": "artlens", "export": "artlens.export", "indexing": "artle
             "recognition": "artlens.recognition", "verification": "artlens.verification",
             "calibration": "artlens.calibration", "server": "artlens.server", "eval": "artlens.eval"}
 BASE = {"artlens", "artlens.errors", "artlens.hashing", "artlens.imaging", "artlens.embedder", "artlens.files",
-        "artlens.config"}
+        "artlens.config", "artlens.local_model", "artlens.local_features"}
+# What base modules may use of the stages: the local-feature type and its descriptor encoding (a pure-array leaf),
+# which the learned-feature runtime returns.
+BASE_MAY_IMPORT = {"artlens.verification.features"}
 STAGES = {"verification", "export", "indexing", "recognition", "calibration", "eval", "server"}
 # Base modules of the standard library alone (no numpy, no Pillow): what export and verification may import.
 LIGHT_BASE = {"artlens.errors", "artlens.hashing", "artlens.files", "artlens.config"}
@@ -178,8 +181,8 @@ def test_base_modules_import_only_each_other():
     for src in SOURCES:
         if src.module not in BASE:
             continue
-        bad = [i for i in _ours(src) if i.module not in BASE]
-        assert not bad, f"{src}: base modules may import only {sorted(BASE)}: {bad}"
+        bad = [i for i in _ours(src) if i.module not in BASE | BASE_MAY_IMPORT]
+        assert not bad, f"{src}: base modules may import only {sorted(BASE | BASE_MAY_IMPORT)}: {bad}"
 
 
 def _is_cli(module: str) -> bool:

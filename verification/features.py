@@ -3,7 +3,8 @@
 Keypoints are returned in pixel coordinates of the image they were computed on, plus that image's size, so
 callers can normalise. Descriptors are stored compactly (uint8) and turned into matching space by
 :func:`matching_space` only when matched. Learned features (:data:`LEARNED_METHODS`, extracted by
-artlens/local_model.py on ONNX Runtime) carry float32 unit descriptors that are already in matching space.
+artlens/local_model.py on ONNX Runtime) come as float32 unit vectors; bundles and queries carry them quantised by
+:func:`quantise_unit` (uint8, one byte per dimension), which :func:`matching_space` turns back into unit vectors.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ DEFAULT_CONFIG: dict = {
 @dataclass(frozen=True)
 class LocalFeatures:
     keypoints: np.ndarray  # float32 [N, 2] (x, y) pixels in the analysed image
-    descriptors: np.ndarray  # uint8 [N, D] (OpenCV methods) or float32 unit vectors [N, D] (LEARNED_METHODS)
+    # uint8 [N, D]: OpenCV methods, and LEARNED_METHODS quantised (quantise_unit); float32 unit vectors [N, D]:
+    # LEARNED_METHODS straight from the model
+    descriptors: np.ndarray
     image_size: tuple[int, int]  # (width, height) of the analysed image
     method: str = "rootsift"
 
@@ -39,6 +42,25 @@ class LocalFeatures:
 
 # Descriptors from a network, L2-normalised by it: matched by inner product as they are.
 LEARNED_METHODS = frozenset({"xfeat", "aliked"})
+
+
+# Learned unit descriptors in one byte per dimension: value · 127 rounded, offset by 128. Query and reference sides
+# are quantised alike, so matching stays symmetric; cosine to the float vector ≥ 0.9998 for 64-d XFeat.
+QUANT_SCALE = 127.0
+QUANT_OFFSET = 128
+
+
+def quantise_unit(desc: np.ndarray) -> np.ndarray:
+    """float unit descriptors [N, D] → uint8 [N, D] (:data:`QUANT_SCALE`, :data:`QUANT_OFFSET`)."""
+    q = np.clip(np.rint(np.asarray(desc, dtype=np.float32) * QUANT_SCALE), -QUANT_SCALE, QUANT_SCALE)
+    return (q + QUANT_OFFSET).astype(np.uint8)
+
+
+def dequantise_unit(desc: np.ndarray) -> np.ndarray:
+    """uint8 descriptors from :func:`quantise_unit` → float32 unit vectors."""
+    d = np.asarray(desc, dtype=np.float32) - QUANT_OFFSET
+    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+    return d
 
 
 def binary_method(method: str) -> bool:
@@ -88,8 +110,8 @@ def matching_space(desc: np.ndarray, method: str) -> np.ndarray:
     """Descriptors as float32 unit vectors (inner product = similarity); RootSIFT = sqrt of L1-normalised SIFT."""
     if binary_method(method):
         raise ValueError("binary descriptors are matched by Hamming distance, not in a float space")
-    if method in LEARNED_METHODS:
-        return np.ascontiguousarray(desc, dtype=np.float32)
+    if method in LEARNED_METHODS:  # quantised (bundles, queries) or the model's own float32 output
+        return dequantise_unit(desc) if desc.dtype == np.uint8 else np.ascontiguousarray(desc, dtype=np.float32)
     d = desc.astype(np.float32)
     if method == "rootsift":
         d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-6)

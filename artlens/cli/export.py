@@ -21,8 +21,8 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from artlens.errors import ArtlensError
 from artlens.export.dinov2 import CONFIG, GEOMETRIES, POOLINGS, PRECISIONS
-from artlens.export.local_features import CONFIG as LOCAL_CONFIG
-from artlens.export.local_features import MODELS as LOCAL_MODELS
+from artlens.export.local_models import CONFIG as LOCAL_CONFIG
+from artlens.export.local_models import MODELS as LOCAL_MODELS
 from artlens.export.sam import CONFIG as SAM_CONFIG
 from artlens.export.sam import MODEL_TYPES as SAM_TYPES
 

@@ -37,15 +37,22 @@ def index_build(
                                                 " local (VLAD and descriptor votes). Global embeddings (one model"
                                                 " forward per artwork) are stored only for fused/global or a"
                                                 " pretrained model.")] = "auto",
+    features: Annotated[str, typer.Option(help="Local features: rootsift (OpenCV, no weights) | xfeat (learned,"
+                                               " needs --features-model; the model is copied into the bundle)."
+                                          )] = "rootsift",
+    features_model: Annotated[Path | None, typer.Option(help="Learned local-feature model directory (`artlens"
+                                                             " export local-features --model xfeat`).")] = None,
 ) -> None:
     """Extract local features, embed (where the shortlist uses it), index and calibrate a collection into a bundle."""
     from artlens.calibration.calibrate import build_calibrated_bundle
     from artlens.errors import ModelError
     from artlens.indexing.segment_vectors import MODES
+    from artlens.local_features import checked_features
 
     build_config: dict = {} if votes else {"votes": None}
     with errors():
         build_config["shortlist"] = checked_shortlist(shortlist)
+        build_config["features"] = checked_features(features, features_model)
         if segments and sam is None:
             raise ModelError("--segments needs --sam DIR (a SAM model directory: `artlens export sam`, or a folder"
                              " with encoder.onnx + sam.onnx)")
@@ -79,7 +86,7 @@ def index_build(
                             f" at FPR {info['fpr_at_threshold']:.3f} on {info['source']})")
     segment_meta = meta.get("segments")
     segment_line = f", {segment_meta['count']} segments ({segment_meta['mode']})" if segment_meta else ""
-    index_line = (f"shortlist {meta['shortlist']}, "
+    index_line = (f"{meta['features']['config']['method']} local features, shortlist {meta['shortlist']}, "
                   + (f"index {meta['index']['type']}" if meta.get("index") else "no global embeddings"))
     console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks{segment_line}, {len(report.skipped)}"
                   f" skipped, {index_line}, {calibration_line}, {report.seconds:.1f}s", highlight=False)

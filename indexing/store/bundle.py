@@ -19,6 +19,7 @@ import numpy as np
 from artlens.errors import BundleError, artwork_row
 from artlens.hashing import file_sha256
 from artlens.verification import LocalFeatures
+from artlens.verification.features import LEARNED_METHODS, quantise_unit
 
 from .segments import SegmentStore
 
@@ -80,6 +81,8 @@ class ReferenceFeatures:
         kp = np.concatenate([f.keypoints for f in feats]) if feats else np.zeros((0, 2), np.float32)
         desc = np.concatenate([f.descriptors for f in feats]) if feats else np.zeros((0, dim), np.uint8)
         sizes = np.array([f.image_size for f in feats], dtype=np.int32).reshape(-1, 2)
+        if method in LEARNED_METHODS and desc.dtype != np.uint8:  # float unit vectors: stored quantised
+            desc = quantise_unit(desc)
         return cls(kp.astype(np.float32), desc.astype(np.uint8), offsets, sizes, method)
 
 
@@ -174,6 +177,11 @@ def _meta_problem(meta: dict) -> str | None:
     if not isinstance(config, dict) or not isinstance(config.get("method"), str) \
             or not isinstance(config.get("max_side"), int):
         return "has no local-feature settings (features.config with method and max_side)"
+    if config["method"] in LEARNED_METHODS:
+        model = meta["features"].get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("files"), list) or not model["files"] \
+                or not all(isinstance(name, str) for name in model["files"]):
+            return f"has no model for its {config['method']} local features (features.model with its files)"
     for key in ("segments", "votes", "collection"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"{key!r} is not an object"
