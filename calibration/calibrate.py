@@ -27,7 +27,7 @@ DEFAULT_CONFIG: dict = {
     "synthetic_photos": 200,  # at most this many references are photographed (all when fewer)
     "seed": 0,
     "target_fpr": 0.01,
-    "l2": 1.0,
+    "l2": "cv",  # a penalty, or "cv": chosen by cross-validation over the photos (calibration/fit.py)
 }
 
 

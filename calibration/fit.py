@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from artlens.recognition.confidence import FEATURE_NAMES, Calibration, select_features
+from artlens.recognition.confidence import FEATURE_NAMES, Calibration, has_geometry, select_features
 from artlens.recognition.recognizer import Recognizer
 
 from .photos import LabelledPhoto
@@ -22,6 +22,11 @@ MIN_THRESHOLD = 0.5
 
 # Per photo: (evidence [n, F], is-correct [n], artwork present, shortlist length).
 PhotoEvidence = tuple[np.ndarray, np.ndarray, bool, int]
+
+# Right and wrong candidates nearly separate, so the penalty, not the data, would set how steeply confidence rises
+# between chance evidence and clear evidence: "cv" picks it from this grid by held-out log-loss.
+L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)  # bounded below: a step, not a curve, is what a near-zero penalty fits
+CV_FOLDS = 5
 
 
 def collect_evidence(recognizer: Recognizer, photos: Iterable[LabelledPhoto], top_k: int,
@@ -47,13 +52,28 @@ def collect_evidence(recognizer: Recognizer, photos: Iterable[LabelledPhoto], to
     return per_photo
 
 
-def fit_calibration(per_photo: list[PhotoEvidence], *, target_fpr: float, l2: float, source: str,
+def fit_calibration(per_photo: list[PhotoEvidence], *, target_fpr: float, l2: float | str, source: str,
                     features: tuple[str, ...] = FEATURE_NAMES) -> Calibration:
-    """The logistic fit on every (photo, candidate) pair, and the threshold that meets ``target_fpr``."""
+    """The logistic fit on every (photo, candidate) pair, and the threshold that meets ``target_fpr``.
+
+    ``l2``: the penalty, or "cv" to choose it from :data:`L2_GRID` by cross-validation over photos."""
     evidence = np.concatenate([photo_evidence for photo_evidence, _, _, _ in per_photo])
     labels = np.concatenate([correct for _, correct, _, _ in per_photo])
-    weights, bias, mean, scale = fit_logistic(select_features(evidence, features), labels, l2=l2)
-    provisional = Calibration(weights, bias, mean, scale, 1.0, {}, features)
+    # The curve is fitted where there is geometry to weigh: a correct candidate whose verification failed says
+    # nothing about how confident 15 inliers should make us, yet as a point far on the wrong side it would
+    # flatten the whole curve. Such candidates get confidence 0 instead (``requires_geometry``).
+    geometric = has_geometry(evidence)
+    requires_geometry = bool(labels[geometric].any() and not labels[geometric].all())
+    fitted = per_photo
+    if requires_geometry:
+        fitted = [(ev[has_geometry(ev)], ok[has_geometry(ev)], present, n) for ev, ok, present, n in per_photo]
+        fitted = [photo for photo in fitted if len(photo[1])]
+        evidence, labels = evidence[geometric], labels[geometric]
+    cv_losses = None
+    if l2 == "cv":
+        l2, cv_losses = choose_l2(fitted, features)
+    weights, bias, mean, scale = fit_logistic(select_features(evidence, features), labels, l2=float(l2))
+    provisional = Calibration(weights, bias, mean, scale, 1.0, {}, features, requires_geometry)
     negative_max, positive_top = [], []
     for photo_evidence, correct, present, shortlist_length in per_photo:
         confidence = provisional.confidence(photo_evidence)
@@ -64,8 +84,42 @@ def fit_calibration(per_photo: list[PhotoEvidence], *, target_fpr: float, l2: fl
             top = int(np.argmax(confidence[:shortlist_length])) if shortlist_length else -1
             positive_top.append(float(confidence[top]) if top >= 0 and correct[top] else 0.0)
     threshold, stats = choose_threshold(np.array(negative_max), np.array(positive_top), target_fpr)
-    info = {"source": source, "n_pairs": len(labels), "n_correct_pairs": int(labels.sum()), **stats}
-    return Calibration(weights, bias, mean, scale, threshold, info, features)
+    info = {"source": source, "n_pairs": len(labels), "n_correct_pairs": int(labels.sum()), "l2": float(l2), **stats}
+    if cv_losses is not None:
+        info["l2_cv_log_loss"] = cv_losses
+    return Calibration(weights, bias, mean, scale, threshold, info, features, requires_geometry)
+
+
+def choose_l2(per_photo: list[PhotoEvidence], features: tuple[str, ...], grid: tuple[float, ...] = L2_GRID,
+              folds: int = CV_FOLDS) -> tuple[float, dict[str, float]]:
+    """The penalty of ``grid`` with the lowest log-loss on held-out photos (folds by photo, in order: no shuffle,
+    so the choice is reproducible), and each penalty's loss. The largest penalty within 1 % of the best loss
+    wins: the smoother curve, and a choice that near-ties computed on other CPUs cannot flip."""
+    photos = [(select_features(ev, features), correct) for ev, correct, _, _ in per_photo]
+    losses: dict[str, float] = {}
+    for l2 in grid:
+        total = 0.0
+        for fold in range(folds):
+            train = [ph for i, ph in enumerate(photos) if i % folds != fold]
+            test = [ph for i, ph in enumerate(photos) if i % folds == fold]
+            if not test:
+                continue
+            y_train = np.concatenate([c for _, c in train]) if train else np.zeros(0, bool)
+            if y_train.all() or not y_train.any():
+                total = np.inf
+                break
+            weights, bias, mean, scale = fit_logistic(np.concatenate([x for x, _ in train]), y_train, l2=l2)
+            x_test = np.concatenate([x for x, _ in test])
+            y_test = np.concatenate([c for _, c in test])
+            p = 1.0 / (1.0 + np.exp(-np.clip(((x_test - mean) / scale) @ weights + bias, -40, 40)))
+            p = np.clip(p, 1e-9, 1 - 1e-9)
+            total -= float(np.sum(np.where(y_test, np.log(p), np.log(1 - p))))
+        losses[repr(l2)] = round(total, 4) if np.isfinite(total) else None
+    finite = {l2: loss for l2 in grid if (loss := losses[repr(l2)]) is not None}
+    if not finite:  # too few photos to hold any out: the fixed default
+        return 1.0, losses
+    best = min(finite.values())
+    return max(l2 for l2, loss in finite.items() if loss <= best * 1.01 + 1e-6), losses
 
 
 def fit_logistic(evidence: np.ndarray, labels: np.ndarray, *, l2: float = 1.0, iters: int = 50

@@ -75,13 +75,21 @@ def phone_effects(img: np.ndarray, rng: np.random.Generator) -> bytes:
     return jpeg.tobytes()
 
 
+# A collection of fewer references is photographed several times over, up to this many photos (``count``
+# allowing): a threshold chosen on the 8 photos of 8 near-identical copies lets another copy through.
+MIN_PHOTOS = 64
+
+
 def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[LabelledPhoto]:
-    """``count`` simulated visitor photos of distinct references (all when fewer), each labelled with the rows
-    that show the same image."""
+    """``count`` simulated visitor photos of distinct references (all when fewer; a small collection's references
+    again, in order, up to ``MIN_PHOTOS``), each labelled with the rows that show the same image."""
     bundle = recognizer.bundle
     rng = np.random.default_rng(seed)
     n_artworks = len(bundle.artworks)
     rows = sorted(rng.choice(n_artworks, size=min(count, n_artworks), replace=False).tolist())
+    if n_artworks:
+        again = max(0, min(count, MIN_PHOTOS) - len(rows))
+        rows += [row for _ in range(-(-again // n_artworks)) for row in range(n_artworks)][:again]
     csv_path = Path(bundle.meta["collection"]["csv"])
     photos = []
     for row in rows:

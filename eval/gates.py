@@ -23,12 +23,17 @@ WORSE = {"false_positive_rate": 1, "answer_precision": -1, "precision_at_1": -1}
 
 
 def threshold_inliers(recognizer: Recognizer) -> float | None:
-    """Inliers at which a log-inliers-only calibration (random-init models) reaches its threshold."""
+    """Inliers at which a clean match (every match inside its outline an inlier) reaches the threshold, for a
+    calibration on geometric evidence alone (random-init models): both of its features are then log(1 + inliers)."""
     cal = recognizer.calibration
-    if cal is None or tuple(cal.features) != ("log_inliers",):
+    if cal is None or not set(cal.features) <= {"log_inliers", "inlier_log_odds"}:
         return None
     p = min(max(cal.threshold, 1e-9), 1 - 1e-9)
-    log_inliers = (math.log(p / (1 - p)) - cal.bias) / cal.weights[0] * cal.scale[0] + cal.mean[0]
+    slope = float(sum(cal.weights / cal.scale))
+    offset = float(sum(cal.weights * cal.mean / cal.scale))
+    if slope <= 0:
+        return None
+    log_inliers = (math.log(p / (1 - p)) - cal.bias + offset) / slope
     return round(math.exp(log_inliers) - 1.0, 3)
 
 

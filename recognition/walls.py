@@ -26,7 +26,7 @@ counts. docs/walls.md has the method and its numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -47,6 +47,9 @@ DEFAULT_CONFIG: dict = {
     # Without a weak candidate the regions are searched only when verified outlines cover less than this share of the
     # photo (0: never). 0.6 searched 26 of SMVS's 46 photos of one painting, for nothing (docs/walls.md).
     "max_explained": 0.0,
+    # A first pass that verified this many paintings photographed a wall: its regions are searched for more even
+    # without a weak candidate (0: never). Single-painting photos rarely verify two.
+    "wall_paintings": 2,
     "explained_region": 0.5,  # a region of the photo this much covered by verified outlines is not looked at
     "region_candidates": 8,  # artworks a region's descriptor votes put first, verified there
     "window_margin": 0.2,  # a painting window is its outline's bounding box grown by this share of its size per side
@@ -131,13 +134,14 @@ def outside(points: np.ndarray, outlines: Sequence[np.ndarray]) -> np.ndarray:
 
 def plan(evidence: Sequence[RowEvidence], verified: Verified, config: Mapping | None = None) -> Plan:
     """What is worth a second look after a first pass that gave ``evidence``: the weak candidates, and the regions
-    of the photo that verified outlines do not explain. Nothing when no candidate is weak and verified ones explain
-    ``max_explained`` of the photo, or there are none (a photo where nothing matched shows no painting of the
-    collection to look closer at)."""
+    of the photo that verified outlines do not explain. Nothing when no candidate is weak, fewer than
+    ``wall_paintings`` verified and those explain ``max_explained`` of the photo, or there are none (a photo where
+    nothing matched shows no painting of the collection to look closer at)."""
     cfg = config_of(config)
     settled = [ver.outline for row, ver in evidence if ver.plausible and verified(row, ver)]
     hints = _hints(evidence, verified, cfg)
-    if not hints and (not settled or coverage(settled) >= cfg["max_explained"]):
+    wall = cfg["wall_paintings"] and len(settled) >= cfg["wall_paintings"]
+    if not hints and not wall and (not settled or coverage(settled) >= cfg["max_explained"]):
         return Plan([], [])
     regions = [box for box in REGIONS if coverage(settled, box) < cfg["explained_region"]]
     return Plan(hints, regions, settled + [ver.outline for _, ver in hints])
@@ -166,7 +170,8 @@ def to_photo(ver: Verification, corner: np.ndarray, close_size: tuple[int, int],
     shift = np.array([[1.0, 0.0, corner[0]], [0.0, 1.0, corner[1]], [0.0, 0.0, 1.0]])
     homography = scale @ shift @ ver.homography
     outline = project_corners(homography, reference_size) / np.array(first_size, dtype=np.float64)
-    return Verification(ver.matches, ver.inliers, ver.inlier_ratio, homography, outline, ver.rejected)
+    # Counts (inliers, matches inside the outline) stay the window's own: they were measured there.
+    return replace(ver, homography=homography, outline=outline)
 
 
 @dataclass

@@ -20,7 +20,7 @@ def test_fit_orders_evidence_and_stays_finite_on_separable_data():
     y = np.r_[np.ones(200), np.zeros(800)]
     w, b, mean, scale = fit_logistic(X, y)
     assert np.all(np.isfinite(w)) and w[0] > 0  # more inliers, more confidence
-    cal = Calibration(w, b, mean, scale, 0.5, {})
+    cal = Calibration(w, b, mean, scale, 0.5, {}, ("log_inliers", "similarity"))
     conf = cal.confidence(X)
     assert conf[:200].min() > conf[200:].max()  # separable evidence stays separated
     assert np.median(conf[:200]) > 0.95 and np.median(conf[200:]) < 0.05
@@ -59,8 +59,9 @@ def test_random_init_fit_never_reads_the_similarity_and_a_missing_one_is_refused
         correct = np.zeros(n, bool)
         if i % 3:  # two photos in three show an artwork of the bundle, found with many inliers
             inliers[0], correct[0] = np.log1p(rng.integers(15, 120)), True
-        per_photo.append((np.column_stack([inliers, rng.uniform(-1, 1, n)]), correct, bool(i % 3), n))
-    without = [(np.column_stack([e[:, 0], np.full(len(e), np.nan)]), c, p, k) for e, c, p, k in per_photo]
+        log_odds = inliers - np.log1p(rng.integers(0, 20, n))
+        per_photo.append((np.column_stack([inliers, rng.uniform(-1, 1, n), log_odds]), correct, bool(i % 3), n))
+    without = [(np.column_stack([e[:, 0], np.full(len(e), np.nan), e[:, 2]]), c, p, k) for e, c, p, k in per_photo]
     fitted = [fit_calibration(photos, target_fpr=0.01, l2=1.0, source="test", features=RANDOM_INIT_FEATURES)
               for photos in (per_photo, without)]
     assert fitted[0].to_json() == fitted[1].to_json()
@@ -83,3 +84,59 @@ def test_a_bundle_that_cannot_be_calibrated_is_named_by_its_destination(tmp_path
     assert message.startswith(f"{out}: cannot calibrate") and ".bundle.building-" not in message
     assert "calibration" in stages and not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["c.csv"]  # the staging directory is gone too
+
+
+def _photos(rng: np.random.Generator, n_photos: int, failed_positives: int = 0) -> list:
+    """Simulated per-photo evidence: wrong candidates with chance inliers, one correct candidate per photo with
+    many; ``failed_positives`` photos whose correct candidate did not verify (no plausible geometry: 0 inliers)."""
+    per_photo = []
+    for i in range(n_photos):
+        inliers = rng.integers(0, 8, 8).astype(float)
+        inliers[inliers < 4] = 0  # fewer than 4 inliers is no homography
+        correct = np.zeros(8, bool)
+        correct[0] = True
+        inliers[0] = 0 if i < failed_positives else rng.integers(12, 150)
+        inside = inliers + rng.integers(0, 3, 8) * (inliers > 0) + rng.integers(5, 30, 8) * ~correct
+        log_odds = np.log((inliers + 1) / (np.maximum(inside - inliers, 0) + 1))
+        evidence = np.column_stack([np.log1p(inliers), np.full(8, np.nan), log_odds])
+        per_photo.append((evidence, correct, True, 8))
+    return per_photo
+
+
+def test_correct_candidates_that_did_not_verify_do_not_flatten_the_curve():
+    """The fit weighs candidates with a plausible homography only: a correct candidate that failed to verify says
+    nothing about how sure a clean 15-inlier match is, so adding such photos leaves the fitted curve as it was; rows
+    without geometry get confidence 0."""
+    from artlens.calibration.fit import fit_calibration
+    from artlens.recognition.confidence import RANDOM_INIT_FEATURES
+
+    clean = _photos(np.random.default_rng(2), 80)
+    with_failures = _photos(np.random.default_rng(2), 80, failed_positives=0) + \
+        _photos(np.random.default_rng(3), 10, failed_positives=10)
+    fits = [fit_calibration(photos, target_fpr=0.01, l2=1.0, source="t", features=RANDOM_INIT_FEATURES)
+            for photos in (clean, with_failures)]
+    assert all(fit.requires_geometry for fit in fits)
+    row = np.array([[np.log1p(15), np.nan, np.log(16 / 2)]])  # 15 inliers of 16 matches inside the outline
+    assert abs(fits[0].confidence(row)[0] - fits[1].confidence(row)[0]) < 0.05
+    assert fits[1].confidence(np.array([[0.0, np.nan, 0.0]]))[0] == 0.0
+    # A calibration written before the flag existed reads as fitted on every candidate.
+    legacy = fits[1].to_json()
+    del legacy["requires_geometry"]
+    assert Calibration.from_json(legacy).requires_geometry is False
+    assert Calibration.from_json(fits[1].to_json()).requires_geometry is True
+
+
+def test_cross_validated_penalty_is_recorded_and_prefers_the_smoother_curve_on_near_ties():
+    from artlens.calibration.fit import L2_GRID, choose_l2, fit_calibration
+    from artlens.recognition.confidence import RANDOM_INIT_FEATURES
+
+    photos = _photos(np.random.default_rng(4), 60)
+    l2, losses = choose_l2(photos, RANDOM_INIT_FEATURES)
+    assert l2 in L2_GRID and set(losses) == {repr(g) for g in L2_GRID}
+    best = min(v for v in losses.values() if v is not None)
+    assert losses[repr(l2)] <= best * 1.01 + 1e-6
+    assert all(losses[repr(g)] > best * 1.01 for g in L2_GRID if g > l2)  # no larger penalty was as good
+    fit = fit_calibration(photos, target_fpr=0.01, l2="cv", source="t", features=RANDOM_INIT_FEATURES)
+    assert fit.info["l2"] in L2_GRID and set(fit.info["l2_cv_log_loss"]) == set(losses)
+    # Too few photos to hold any out with both classes in training: the fixed default.
+    assert choose_l2(photos[:1], RANDOM_INIT_FEATURES)[0] == 1.0

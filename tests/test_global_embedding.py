@@ -79,7 +79,7 @@ def test_default_build_and_calibration_run_no_forward(tmp_path, tiny_model, monk
     assert calls == []
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["model"]["global_embedding"] is False and meta["shortlist"] == "local" and meta["index"] is None
-    assert meta["calibration"]["features"] == ["log_inliers"]
+    assert meta["calibration"]["features"] == ["log_inliers", "inlier_log_odds"]
     assert not (out / "embeddings.npy").exists() and not (out / "index.faiss").exists()
     assert "embeddings.npy" not in meta["checksums"] and "index.faiss" not in meta["checksums"]
     bundle = load_bundle(out)

@@ -94,3 +94,37 @@ def test_detail_homography_is_judged_where_its_matches_are():
 def test_project_corners_identity():
     quad = project_corners(np.eye(3), (40, 30))
     assert np.allclose(quad, [[0, 0], [40, 0], [40, 30], [0, 30]])
+
+
+def test_points_inside_counts_like_opencv_for_any_quadrilateral():
+    from artlens.verification.geometry import points_inside
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        quad = rng.uniform(-50, 150, (4, 2))  # convex, concave and self-crossing outlines alike
+        points = rng.uniform(-60, 160, (200, 2))
+        contour = quad.astype(np.float32).reshape(-1, 1, 2)
+        strictly_inside = sum(cv2.pointPolygonTest(contour, (float(x), float(y)), False) > 0 for x, y in points)
+        on_edge = sum(cv2.pointPolygonTest(contour, (float(x), float(y)), False) == 0 for x, y in points)
+        assert abs(points_inside(points, quad) - strictly_inside) <= on_edge
+    assert points_inside(np.zeros((0, 2)), quad) == 0
+    assert points_inside(points, np.full((4, 2), np.nan)) == 0
+
+
+def test_evidence_weighs_inliers_against_the_matches_inside_their_outline():
+    from artlens.recognition.confidence import Evidence
+    from artlens.verification import Verification
+
+    outline = np.array([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]])
+
+    def vector(inliers: int, inside: int, rejected: str | None = None) -> np.ndarray:
+        ver = Verification(200, inliers, inliers / 200, np.eye(3), outline, rejected, matches_inside=inside)
+        return Evidence(0, 0, None, ver).vector()
+
+    clean, crowded = vector(15, 16), vector(15, 120)
+    assert clean[0] == crowded[0] == pytest.approx(np.log1p(15))
+    assert np.isnan(clean[1])
+    assert clean[2] == pytest.approx(np.log(16 / 2)) and crowded[2] == pytest.approx(np.log(16 / 106))
+    # Without plausible geometry: no inliers, every match against them.
+    refused = vector(15, 16, rejected="outline crosses the horizon")
+    assert refused[0] == 0 and refused[2] == pytest.approx(np.log(1 / 201))

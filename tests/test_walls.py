@@ -69,6 +69,17 @@ def test_regions_a_settled_painting_explains_are_skipped():
     assert boxes == [(.4, 0, 1, .6), (.4, .4, 1, 1)]
 
 
+def test_two_verified_paintings_are_a_wall_whose_other_regions_are_searched():
+    left = _verification(_square(0.0, 0.0, 0.3, 1.0), 80)
+    middle = _verification(_square(0.35, 0.0, 0.6, 1.0), 60)
+    # Without a weak candidate, one verified painting is no reason to look again; two are a wall where more may hang.
+    todo = plan([(0, left), (1, middle)], verified_at_40)
+    assert todo and not todo.hints
+    assert todo.regions and all(box[2] > 0.6 for box in todo.regions)  # the explained left of the photo is skipped
+    assert not plan([(0, left), (1, middle)], verified_at_40, {"wall_paintings": 0})
+    assert not plan([(0, left), (1, middle)], verified_at_40, {"wall_paintings": 3})
+
+
 def test_coverage_counts_overlapping_outlines_once():
     assert coverage([_square(0.0, 0.0, 0.5, 0.5), _square(0.25, 0.0, 0.75, 0.5)]) == pytest.approx(0.375, abs=0.02)
     assert coverage([_square(0.0, 0.0, 0.5, 1.0)], box=(0.0, 0.0, 1.0, 0.5)) == pytest.approx(0.5, abs=0.02)
@@ -113,7 +124,7 @@ def test_the_second_look_finds_more_paintings_of_the_wall(estense_wall_bundle):
     before = {m.object_id for m in first_pass_only.recognize(WALL).matches}
     after = {m.object_id for m in with_look.recognize(WALL).matches}
     assert after <= WALL_PAINTINGS, f"wrong answers: {after - WALL_PAINTINGS}"
-    assert len(after) >= len(before) + 2 and len(after) >= 4, (before, after)
+    assert len(after) > len(before) and len(after) >= 5, (before, after)
 
 
 @needs_shared
@@ -140,7 +151,7 @@ def test_no_second_look_while_a_calibration_is_fitted(estense_wall_bundle, tmp_p
     looked, first = recognizer.analyse(WALL), first_pass.analyse(WALL)
     # The look changes this photo's evidence, so a fit that saw it would differ.
     assert [c.verification.inliers for c in looked.candidates] != [c.verification.inliers for c in first.candidates]
-    expected = fit_calibration(collect_evidence(first_pass, photos, first.top_k), target_fpr=0.01, l2=1.0,
+    expected = fit_calibration(collect_evidence(first_pass, photos, first.top_k), target_fpr=0.01, l2="cv",
                                source="", features=RANDOM_INIT_FEATURES)
     fitted = calibrate_bundle(bundle, photos=photos)
     assert np.array_equal(fitted.weights, expected.weights) and fitted.bias == expected.bias

@@ -61,6 +61,30 @@ def inlier_extent(ref_inliers: np.ndarray, ref_size: tuple[int, int], margin: fl
     return max(0.0, float(lo[0])), max(0.0, float(lo[1])), min(float(w), float(hi[0])), min(float(h), float(hi[1]))
 
 
+def hull_fraction(points: np.ndarray, size: tuple[int, int]) -> float:
+    """The area of the points' convex hull as a fraction of a ``size`` (w, h) image."""
+    if len(points) < 3:
+        return 0.0
+    hull = cv2.convexHull(np.asarray(points, np.float32).reshape(-1, 1, 2))
+    return float(min(1.0, cv2.contourArea(hull) / max(1.0, float(size[0]) * float(size[1]))))
+
+
+def points_inside(points: np.ndarray, polygon: np.ndarray) -> int:
+    """How many points lie inside a polygon given by its corners in order (even-odd rule, vectorised)."""
+    poly = np.asarray(polygon, np.float64)
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(pts) == 0 or not np.all(np.isfinite(poly)):
+        return 0
+    x, y = pts[:, :1], pts[:, 1:]
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    crosses = (y0 > y) != (y1 > y)  # [N, corners]: the edge spans the point's height
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+    inside = np.logical_xor.reduce(crosses & (x < x_at), axis=1)
+    return int(inside.sum())
+
+
 def degeneracy(H: np.ndarray, ref_size: tuple[int, int], query_size: tuple[int, int],
                config: dict | None = None, extent: tuple[float, float, float, float] | None = None) -> str | None:
     """Why H cannot be a photo of a flat artwork (flipped, collapsed, absurd scale), or None if plausible.

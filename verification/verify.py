@@ -28,6 +28,13 @@ class Verification:
     homography: np.ndarray | None  # 3×3, reference pixels → photo pixels (analysed resolutions)
     outline: np.ndarray | None  # float [4, 2] corners TL, TR, BR, BL in [0, 1] photo coordinates (may overflow)
     rejected: str | None  # why the geometry was refused, None when it is plausible
+    # Fractions of the reference's and of the photo's area that the inliers' convex hulls span: chance inliers
+    # gather in a small patch, a real match spreads over the part of the painting in view.
+    reference_coverage: float = 0.0
+    photo_coverage: float = 0.0
+    # Matches whose photo keypoint lies inside the outline: a real match explains most of them (a painting on a
+    # wall shares the photo's matches with its neighbours, but not the ones inside its own frame).
+    matches_inside: int = 0
 
     @property
     def plausible(self) -> bool:
@@ -58,4 +65,7 @@ def verify(query: LocalFeatures, query_desc: np.ndarray, ref: LocalFeatures, ref
     return Verification(
         matches=len(pairs), inliers=n_inl, inlier_ratio=n_inl / len(pairs),
         homography=H, outline=quad, rejected=reason,
+        reference_coverage=geometry.hull_fraction(r_pts[inl], ref.image_size),
+        photo_coverage=geometry.hull_fraction(q_pts[inl], query.image_size),
+        matches_inside=geometry.points_inside(q_pts, quad * np.array(query.image_size, dtype=np.float64)),
     )
