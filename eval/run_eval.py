@@ -15,6 +15,8 @@ from typing import Any
 from artlens.calibration.calibrate import build_calibrated_bundle
 from artlens.errors import CollectionError, ModelError
 from artlens.indexing.store.bundle import GLOBAL_SHORTLISTS
+from artlens.local_features import checked_features, is_learned
+from artlens.local_model import read_local_model_json
 from artlens.recognition.recognizer import Recognizer
 
 from .bench import describe_machine
@@ -41,6 +43,8 @@ class EvalConf:
     model: Path | None = None  # model directory (default: the bundle's; builds the dataset bundle)
     top_k: int | None = None
     shortlist: str = "auto"
+    features: str = "rootsift"  # local features the dataset's bundle is built with (artlens.local_features.METHODS)
+    features_model: Path | None = None  # the learned method's model directory (`artlens export local-features`)
     json_out: Path | None = None  # report.json of one set, or the full report of several
     report_dir: Path | None = None  # report.json, report.md and the plots
 
@@ -61,6 +65,10 @@ def main(conf: EvalConf, hooks: EvalHooks | None = None) -> Path | None:
     hooks = hooks or EvalHooks()
     if conf.dataset is None and (conf.index is None or conf.queries is None):
         raise CollectionError("give --index and --queries, or --dataset NAME (see `artlens dataset list`)")
+    features = checked_features(conf.features, conf.features_model)  # before any dataset is prepared
+    if (conf.dataset is None or conf.index is not None) and (conf.features != "rootsift" or conf.features_model):
+        raise ModelError("--features and --features-model choose how the dataset's bundle is built: give them with"
+                         " --dataset and without --index (a bundle keeps the features it was built with)")
     index, title = conf.index, str(conf.queries)
     query_sets: dict[str, Any] = {"queries": conf.queries} if conf.dataset is None else {}
     if conf.dataset is not None:
@@ -72,7 +80,7 @@ def main(conf: EvalConf, hooks: EvalHooks | None = None) -> Path | None:
         if not query_sets:
             raise CollectionError(f"dataset {conf.dataset}: no query set among {conf.severity!r}")
         if index is None:
-            index = _dataset_bundle(prep, conf.work, conf.model, conf.shortlist, hooks.phase)
+            index = _dataset_bundle(prep, conf.work, conf.model, conf.shortlist, hooks.phase, features)
     recognizer = Recognizer(index, conf.model, config={"shortlist": conf.shortlist})
     hooks.recognizer_ready(recognizer)
     runs = []
@@ -97,16 +105,36 @@ def main(conf: EvalConf, hooks: EvalHooks | None = None) -> Path | None:
     return written
 
 
+def dataset_bundle_path(name: str, work: Path, model: Path, shortlist: str, features: dict | None = None) -> Path:
+    """Where the bundle of dataset ``name`` built with ``model``, for ``shortlist`` and with local ``features``
+    (:func:`artlens.local_features.checked_features`; default RootSIFT), is kept under ``work``. A learned method's
+    bundle is named after the method and its model's checksum, so two exports of it never share a bundle."""
+    features = features or {"method": "rootsift"}
+    built_for = shortlist if shortlist in GLOBAL_SHORTLISTS else "auto"
+    name_parts = [f"bundle-{model.resolve().name}"]
+    if is_learned(features["method"]):
+        onnx_sha = str(read_local_model_json(Path(features["model_dir"]))["onnx"].get("sha256", ""))
+        name_parts.append(features["method"] + (f"-{onnx_sha[:8]}" if onnx_sha else ""))
+    elif features["method"] != "rootsift":
+        name_parts.append(features["method"])
+    if built_for != "auto":
+        name_parts.append(built_for)
+    return work / name / "-".join(name_parts)
+
+
 def _dataset_bundle(prep: Prepared, work: Path, model: Path | None, shortlist: str,
-                    phase: Callable[[str], AbstractContextManager[PhaseTick]]) -> Path:
-    """The dataset's bundle for ``model`` and ``shortlist``, built (and calibrated on simulated photos) the first
-    time; a global shortlist gets a bundle of its own (built with global embeddings)."""
+                    phase: Callable[[str], AbstractContextManager[PhaseTick]], features: dict | None = None) -> Path:
+    """The dataset's bundle for ``model``, ``shortlist`` and local ``features``, built (and calibrated on simulated
+    photos) the first time; a global shortlist gets a bundle of its own (built with global embeddings), and so
+    does every feature method (:func:`dataset_bundle_path`)."""
     if model is None:
         raise ModelError("--dataset without --index needs --model DIR to build the dataset's bundle")
     built_for = shortlist if shortlist in GLOBAL_SHORTLISTS else "auto"
-    bundle = work / prep.name / (f"bundle-{model.resolve().name}" + ("" if built_for == "auto" else f"-{built_for}"))
+    bundle = dataset_bundle_path(prep.name, work, model, shortlist, features)
     if not (bundle / "bundle.json").is_file():
-        with phase(f"indexing {prep.name}") as tick:
-            build_calibrated_bundle(model, prep.collection, bundle, config={"shortlist": built_for},
+        config: dict = {"shortlist": built_for, **({"features": features} if features else {})}
+        learned = features is not None and is_learned(features["method"])
+        with phase(f"indexing {prep.name}" + (f" ({features['method']})" if learned else "")) as tick:
+            build_calibrated_bundle(model, prep.collection, bundle, config=config,
                                     progress=lambda stage, done, total: tick(done, total, stage))
     return bundle

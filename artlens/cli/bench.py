@@ -242,3 +242,63 @@ def bench_segments(
     warn_if_random(result["models"]["dinov2"]["pretrained"])
     write_json(json_out, result)
     console.print(f"wrote {json_out}")
+
+
+@bench_app.command("features")
+def bench_features(
+    model: Annotated[Path, typer.Option(help="DINOv2 model directory every bundle is built with.")],
+    methods: Annotated[list[str], typer.Option("--method", help="Local features to compare (repeat): rootsift, or"
+                                               " METHOD=DIR for a learned one (`artlens export local-features"
+                                               " --model METHOD --out DIR`).")],
+    sets: Annotated[str, typer.Option(help="Comma-separated: registered datasets (each judged on its real photos,"
+                                           " unraphael on simulated ones), details (detail photos of --details-of),"
+                                           " or folders with collection.csv + queries.csv.")]
+    = ",".join(("smvs-museum", "estense", "museum-mix", "unraphael", "details")),
+    work: Annotated[Path, typer.Option(help="Folder for datasets, detail photos and bundles.")]
+    = Path("out/feature-comparison"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for comparison.json and comparison.md.")]
+    = Path("out/feature-comparison/report"),
+    details_of: Annotated[str, typer.Option(help="The dataset (or folder) the detail photos show.")] = "smvs-museum",
+    details_count: Annotated[int, typer.Option(min=1, help="Detail photos of artworks in the collection.")] = 91,
+    details_nomatch: Annotated[int, typer.Option(min=0, help="Detail photos of distractors (no match).")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated and the detail photos.")] = 1,
+    calibration_photos: Annotated[int, typer.Option(min=1, help="Simulated photos each bundle is calibrated on.")]
+    = 200,
+    shortlist: Annotated[str, typer.Option(help="auto | fused | global | local.")] = "auto",
+    reuse_bundles: Annotated[bool, typer.Option("--reuse-bundles", help="Keep bundles of an earlier run (and its"
+                                                " build times) instead of building them again.")] = False,
+) -> None:
+    """Local-feature methods side by side on the real sets, one job at a time: build (timed) and full-pipeline
+    evaluation of every set × method; accuracy, near-threshold share, latency per stage, feature bytes."""
+    import shlex
+
+    from artlens.eval.feature_comparison import (
+        ComparisonConf,
+        ComparisonHooks,
+        parse_method,
+        parse_sets,
+        run_comparison,
+        write_comparison,
+    )
+
+    with errors():
+        conf = ComparisonConf(
+            model=model, methods=tuple(parse_method(m) for m in methods), sets=tuple(parse_sets(sets)), work=work,
+            out=out_dir, details_of=details_of, details_count=details_count, details_nomatch=details_nomatch,
+            seed=seed, calibration_photos=calibration_photos, shortlist=checked_shortlist(shortlist),
+            reuse_bundles=reuse_bundles,
+            command=shlex.join(["artlens", "bench", "features", "--model", str(model),
+                                *(arg for m in methods for arg in ("--method", m)), "--sets", sets, "--work",
+                                str(work), "--out", str(out_dir), "--details-of", details_of, "--details-count",
+                                str(details_count), "--details-nomatch", str(details_nomatch), "--seed", str(seed),
+                                "--calibration-photos", str(calibration_photos), "--shortlist", shortlist,
+                                *(["--reuse-bundles"] if reuse_bundles else [])]))
+        result = run_comparison(conf, ComparisonHooks(
+            phase=phase_bar, row_ready=lambda row: console.print(
+                f"{row['set']} × {row['method']}: P@1 {row['precision_at_1']}, FPR {row['false_positive_rate']},"
+                f" p50 {row['latency_ms']['p50']:.0f} ms", highlight=False)))
+    from artlens.eval.feature_comparison import comparison_markdown
+
+    out.print(comparison_markdown(result), soft_wrap=True, highlight=False)
+    for path in write_comparison(result, out_dir).values():
+        console.print(f"wrote {path}")

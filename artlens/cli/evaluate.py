@@ -26,6 +26,12 @@ def evaluate(
                                                " no --index, the model to build the bundle with).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
     shortlist: Annotated[str, typer.Option(help="auto | fused | global (DINOv2) | local (VLAD).")] = "auto",
+    features: Annotated[str, typer.Option(help="With --dataset and no --index: the local features the dataset's"
+                                               " bundle is built with: rootsift | a learned method (needs"
+                                               " --features-model); each method gets a bundle of its own under"
+                                               " --work.")] = "rootsift",
+    features_model: Annotated[Path | None, typer.Option(help="Learned local-feature model directory (`artlens"
+                                                             " export local-features --model METHOD`).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write report.json here.")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report", help="Write report.json, report.md and plots here."
                                                     )] = None,
@@ -38,7 +44,8 @@ def evaluate(
         console.print(f"[red]error:[/red] --shortlist must be one of {', '.join(SHORTLIST_MODES)}")
         raise typer.Exit(2)
     conf = EvalConf(index=index, queries=queries, dataset=dataset, severity=severity, seed=seed, work=work,
-                    model=model, top_k=top_k, shortlist=shortlist, json_out=json_out, report_dir=report_dir)
+                    model=model, top_k=top_k, shortlist=shortlist, features=features, features_model=features_model,
+                    json_out=json_out, report_dir=report_dir)
     hooks = EvalHooks(phase=phase_bar, recognizer_ready=lambda rec: warn_if_random(rec.model_summary.pretrained),
                       report_ready=_show_report, wrote=_show_written)
     with errors():
