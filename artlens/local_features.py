@@ -25,6 +25,8 @@ from artlens.verification.features import LEARNED_METHODS, LocalFeatures, extrac
 # Where a bundle keeps its copy of a learned local-feature model (model.json + ONNX).
 LOCAL_MODEL_DIR = "local_model"
 METHODS = ("rootsift", *sorted(LEARNED_METHODS))
+# The `artlens export local-features --model` that makes a model of each learned method (ALIKED has variants).
+EXPORT_MODELS = {"aliked": "aliked-n16", "xfeat": "xfeat"}
 # Descriptor matching per method: learned descriptors by mutual nearest neighbours (no ratio test); the OpenCV ones
 # keep the ratio test of verification/matching.py.
 LEARNED_MATCHING: dict = {"ratio": None, "mutual": True}
@@ -46,7 +48,7 @@ def checked_features(method: str, model_dir: Path | None) -> dict:
         raise ModelError(f"--features must be one of {', '.join(METHODS)}, not {method!r}")
     if is_learned(method) and model_dir is None:
         raise ModelError(f"--features {method} needs --features-model DIR (`artlens export local-features --model"
-                         f" {method} --out DIR`)")
+                         f" {EXPORT_MODELS.get(method, method)} --out DIR`)")
     if not is_learned(method) and model_dir is not None:
         raise ModelError(f"--features-model is for learned features ({', '.join(sorted(LEARNED_METHODS))}), not"
                          f" {method}")
@@ -80,7 +82,8 @@ def install_model(model_dir: Path, bundle_dir: Path) -> list[str]:
 class FeatureExtractor:
     """Local features of an RGB image with a bundle's (or a build's) feature settings.
 
-    ``config``: verification.features DEFAULT_CONFIG keys (``method``: rootsift | sift | orb | akaze | xfeat …);
+    ``config``: verification.features DEFAULT_CONFIG keys (``method``: rootsift | sift | orb | akaze | xfeat |
+    aliked);
     ``model_dir``: the model directory of a learned method (``artlens export local-features``)."""
 
     def __init__(self, config: dict | None = None, model_dir: str | Path | None = None) -> None:
@@ -90,7 +93,8 @@ class FeatureExtractor:
         if is_learned(self.method):
             if model_dir is None:
                 raise ModelError(f"{self.method} local features need their model: pass --features-model DIR"
-                                 " (`artlens export local-features --model xfeat --out DIR`)")
+                                 f" (`artlens export local-features --model {EXPORT_MODELS.get(self.method)} --out"
+                                 " DIR`)")
             self.model = LocalFeatureModel(model_dir, max_side=int(self.config["max_side"]),
                                            max_keypoints=int(self.config["max_keypoints"]))
             if self.model.method != self.method:
@@ -131,8 +135,11 @@ class FeatureExtractor:
     def extract(self, rgb: np.ndarray, max_side: int | None = None, max_keypoints: int | None = None
                 ) -> LocalFeatures:
         """Keypoints and stored-form descriptors (uint8) of a uint8 RGB image; ``max_side``/``max_keypoints``
-        override the configured ones (the second look at walls)."""
+        override the configured ones (the second look at walls; a learned model gives at most the keypoints it was
+        exported for)."""
         if self.model is not None:
+            if max_keypoints is not None:  # the second look may ask for more than the graph's top-k returns
+                max_keypoints = min(max_keypoints, self.model.model_max_keypoints)
             feats = self.model.extract(rgb, max_side, max_keypoints)
             return LocalFeatures(feats.keypoints, quantise_unit(feats.descriptors), feats.image_size, feats.method)
         given = {"max_side": max_side, "max_keypoints": max_keypoints}

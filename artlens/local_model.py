@@ -1,4 +1,4 @@
-"""Learned local features (XFeat) on ONNX Runtime: RGB photo → keypoints + unit descriptors, without PyTorch.
+"""Learned local features (XFeat, ALIKED) on ONNX Runtime: RGB photo → keypoints + unit descriptors, without PyTorch.
 
 Reads a model directory written by ``artlens export local-features`` (``kind: "local_features"``,
 docs/model-contract.md). The graph detects, selects and describes; this module resizes the photo to the analysed
@@ -48,7 +48,7 @@ def read_local_model_json(model_dir: Path) -> dict:
     import json
 
     meta_path = Path(model_dir) / "model.json"
-    hint = f"create one with `artlens export local-features --model xfeat --out {model_dir}`"
+    hint = f"create one with `artlens export local-features --model xfeat|aliked-n16 --out {model_dir}`"
     if not meta_path.is_file():
         raise ModelError(f"{model_dir}: no model.json — {hint}")
     try:

@@ -1,4 +1,4 @@
-"""Learned local features (XFeat on ONNX Runtime) against RootSIFT for verification, by brute force on SMVS.
+"""Learned local features (XFeat, ALIKED on ONNX Runtime) against RootSIFT for verification, by brute force.
 
 A measurement, not part of recognition: every query photo is verified against every reference of the collection
 with artlens's own matching and geometry (``verification.verify``), so the numbers say what the features alone
@@ -6,7 +6,8 @@ give, with no shortlist in front. Per method and analysed size: precision@1 (the
 inliers is a right one), the 10th percentile of the inliers of the right reference, the most inliers any
 no-match photo gets from any reference, and the time to extract the features of one photo.
 
-    python -m artlens.eval.local_features_bench --data ../shared/data/smvs-museum --xfeat MODEL_DIR --out r.json
+    python -m artlens.eval.local_features_bench --data ../shared/data/smvs-museum --xfeat DIR --aliked DIR \
+        --methods rootsift xfeat aliked --out r.json
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from artlens.calibration.queries import read_queries
 from artlens.config import with_defaults
 from artlens.imaging import load_image, to_gray
+from artlens.local_features import EXPORT_MODELS, is_learned
 from artlens.local_model import LocalFeatureModel
 from artlens.verification import LocalFeatures, extract, prepare, verify
 
@@ -31,13 +33,16 @@ from .bench import describe_machine
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "data": "../shared/data/smvs-museum",  # collection.csv + queries.csv (no-match rows: empty `expected`)
-    "xfeat_model": None,  # an `artlens export local-features` directory; None: exported into `work`
-    "work": None,  # where that export goes (None: a temporary directory)
+    # learned method → an `artlens export local-features` directory; a method without one is exported into `work`
+    "models": {"xfeat": None, "aliked": None},
+    "work": None,  # where those exports go (None: a temporary directory)
     "methods": ["rootsift", "xfeat"],
     "settings": [{"max_side": 800, "max_keypoints": 1000}, {"max_side": 1024, "max_keypoints": 2048}],
-    # XFeat's descriptors are matched as its authors do (mutual nearest neighbours); RootSIFT as artlens does.
+    # Learned descriptors are matched as their authors do (mutual nearest neighbours); RootSIFT as artlens does.
+    # "METHOD+ratio" runs a learned method with the ratio test.
     "matching": {"rootsift": {"ratio": 0.85, "mutual": True}, "xfeat": {"ratio": None, "mutual": True},
-                 "xfeat+ratio": {"ratio": 0.85, "mutual": True}},
+                 "xfeat+ratio": {"ratio": 0.85, "mutual": True}, "aliked": {"ratio": None, "mutual": True},
+                 "aliked+ratio": {"ratio": 0.85, "mutual": True}},
     "threads": 0,  # ONNX Runtime intra-op threads (0: ARTLENS_ORT_THREADS or its default)
     # accuracy: brute-force verification per (method, setting); timing: extraction only, every (method, setting)
     # in turn on each photo, so that all see the same machine load.
@@ -55,7 +60,8 @@ def bench_local_features(config: dict | None = None, progress: Progress | None =
     data = Path(cfg["data"])
     references = _collection(data / "collection.csv")
     queries = read_queries(data / "queries.csv")
-    models = {"xfeat": _xfeat_model(cfg, say)} if any(m.startswith("xfeat") for m in cfg["methods"]) else {}
+    models = {name: _learned_model(name, cfg, say) for name in sorted({_base(m) for m in cfg["methods"]})
+              if is_learned(name)}
     runs = []
     for setting in cfg["settings"] if "accuracy" in cfg["parts"] else []:
         for method in cfg["methods"]:
@@ -65,10 +71,15 @@ def bench_local_features(config: dict | None = None, progress: Progress | None =
     timing = _timing(cfg, [q[1] for q in queries if q[2]], models, say) if "timing" in cfg["parts"] else None
     machine = describe_machine()
     if models:
-        machine["onnxruntime_providers"] = models["xfeat"].providers
+        machine["onnxruntime_providers"] = next(iter(models.values())).providers
     return {"data": str(data), "references": len(references), "queries": sum(1 for q in queries if q[2]),
             "nomatch_queries": sum(1 for q in queries if not q[2]), "runs": runs, "timing": timing, "machine": machine,
-            "xfeat_model": models["xfeat"].info.public() if models else None, "config": cfg}
+            "models": {name: model.info.public() for name, model in models.items()}, "config": cfg}
+
+
+def _base(method: str) -> str:
+    """The feature method of a bench method name ("xfeat+ratio" → "xfeat")."""
+    return method.split("+")[0]
 
 
 def _collection(path: Path) -> list[tuple[str, Path]]:
@@ -76,26 +87,26 @@ def _collection(path: Path) -> list[tuple[str, Path]]:
         return [(row["object_id"], path.parent / row["image"]) for row in csv.DictReader(fh)]
 
 
-def _xfeat_model(cfg: dict, say: Progress) -> LocalFeatureModel:
-    model_dir = cfg["xfeat_model"]
+def _learned_model(method: str, cfg: dict, say: Progress) -> LocalFeatureModel:
+    model_dir = (cfg["models"] or {}).get(method)
     if model_dir is None:
         import tempfile
 
         from artlens.export.local_features import export_local_features
 
-        work = Path(cfg["work"] or tempfile.mkdtemp(prefix="xfeat-bench-"))
-        model_dir = work / "xfeat"
+        work = Path(cfg["work"] or tempfile.mkdtemp(prefix="features-bench-"))
+        model_dir = work / EXPORT_MODELS[method]
         if not (model_dir / "model.json").is_file():
-            say(f"exporting XFeat to {model_dir}")
-            export_local_features("xfeat", model_dir)
+            say(f"exporting {EXPORT_MODELS[method]} to {model_dir}")
+            export_local_features(EXPORT_MODELS[method], model_dir)
     top = max(s["max_keypoints"] for s in cfg["settings"])
     return LocalFeatureModel(model_dir, max_keypoints=top, threads=cfg["threads"] or None)
 
 
 def _extractor(method: str, setting: dict, models: dict) -> Callable[[np.ndarray], LocalFeatures]:
     side, count = setting["max_side"], setting["max_keypoints"]
-    if method.startswith("xfeat"):
-        model = models["xfeat"]
+    if is_learned(_base(method)):
+        model = models[_base(method)]
         return lambda rgb: model.extract(rgb, max_side=side, max_keypoints=count)
     feature_config = {"method": method, "max_side": side, "max_keypoints": count}
     return lambda rgb: extract(to_gray(rgb), feature_config)
@@ -115,7 +126,7 @@ def _features(paths: list[Path], fn: Callable[[np.ndarray], LocalFeatures], max_
 
 def _timing(cfg: dict, photos: list[Path], models: dict, say: Progress) -> dict:
     """Extraction ms per photo (median, p90) of each distinct extractor, interleaved photo by photo."""
-    methods = sorted({"xfeat" if m.startswith("xfeat") else m for m in cfg["methods"]})
+    methods = sorted({_base(m) for m in cfg["methods"]})
     cases = {f"{m} {s['max_side']} px {s['max_keypoints']} kp": (_extractor(m, s, models), s["max_side"])
              for s in cfg["settings"] for m in methods}
     say(f"timing {len(cases)} extractors on {len(photos)} photos, {cfg['timing_repeat']}×")
@@ -181,12 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_CONFIG["data"])
     parser.add_argument("--xfeat", help="XFeat model directory (default: export one into --work)")
+    parser.add_argument("--aliked", help="ALIKED model directory (default: export aliked-n16 into --work)")
     parser.add_argument("--work")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_CONFIG["methods"])
     parser.add_argument("--parts", nargs="+", default=DEFAULT_CONFIG["parts"], choices=DEFAULT_CONFIG["parts"])
     parser.add_argument("--out", help="write the report here as JSON")
     args = parser.parse_args(argv)
-    report = bench_local_features({"data": args.data, "xfeat_model": args.xfeat, "work": args.work,
+    report = bench_local_features({"data": args.data, "models": {"xfeat": args.xfeat, "aliked": args.aliked},
+                                   "work": args.work,
                                    "methods": args.methods, "parts": args.parts}, progress=print)
     text = json.dumps(report, indent=2)
     if args.out:

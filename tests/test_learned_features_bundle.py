@@ -1,8 +1,9 @@
 """A bundle built with learned local features (XFeat, exported through the real export path) end to end: built by
 `artlens index build --features xfeat`, carrying its own copy of the model, recognising real SMVS photos, taking an
-admin add, and RootSIFT bundles keeping their own matching.
+admin add, and RootSIFT bundles keeping their own matching; an ALIKED bundle built and recognising the same way.
 
-The export runs once for the module (about 10 s on 2 cores), the build of 14 SMVS paintings once (about 15 s).
+Each export runs once for the module (about 10 s on 2 cores for XFeat, 15 s for ALIKED), each build of 14 SMVS
+paintings once (about 15 s with XFeat, 40 s with ALIKED).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def test_rootsift_bundles_keep_the_ratio_test(recognizer):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--features", "xfeat"], "--features xfeat needs --features-model DIR"),
+    (["--features", "aliked"], "`artlens export local-features --model aliked-n16 --out DIR`"),
     (["--features", "surf"], "--features must be one of rootsift"),
     (["--features", "rootsift", "--features-model", "."], "--features-model is for learned features"),
 ])
@@ -163,3 +165,46 @@ def test_segments_with_learned_features_are_refused_before_any_work(tiny_model, 
                  "--features", "xfeat", "--features-model", xfeat_dir, "--segments", "--sam", tmp_path)
     assert result.exit_code != 0
     assert "segments (--segments) are indexed with RootSIFT local features only" in " ".join(result.output.split())
+
+
+# -- ALIKED: the same wiring, a second learned method ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def aliked_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("aliked") / "model"
+    export_local_features("aliked-n16", out, max_keypoints=1024)
+    return out
+
+
+@pytest.fixture(scope="module")
+def aliked_bundle(tmp_path_factory, tiny_model, smvs_collection, aliked_dir) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "smvs-aliked"
+    result = run("index", "build", "--model", tiny_model, "--collection", smvs_collection, "--out", out,
+                 "--features", "aliked", "--features-model", aliked_dir, "--calibration-photos", 14)
+    assert result.exit_code == 0, result.output
+    assert "aliked local features" in " ".join(result.output.split())
+    return out
+
+
+def test_an_aliked_bundle_recognises_a_painting_and_not_a_building(aliked_bundle, aliked_dir):
+    meta = json.loads((aliked_bundle / "bundle.json").read_text())
+    features = meta["features"]
+    assert features["config"]["method"] == "aliked" and features["learned"] is True and features["pretrained"]
+    assert features["model"]["descriptor_dim"] == 128 and features["model"]["max_keypoints"] == 1000
+    assert features["model"]["sha256"] == json.loads((aliked_dir / "model.json").read_text())["onnx"]["sha256"]
+    assert features["matching"] == {"ratio": None, "mutual": True}
+    descriptors = np.load(aliked_bundle / "features" / "descriptors.npy")
+    assert descriptors.dtype == np.uint8 and descriptors.shape[1] == 128 and meta["votes"]["dim"] == 128
+    recognizer = Recognizer(aliked_bundle)
+    assert recognizer.settings.walls["hint_inliers"] == LEARNED_WALLS["hint_inliers"]
+    result = recognizer.recognize(SMVS / "query" / "001.jpg")
+    assert result.status == "match" and result.matches[0].object_id == "smvs-001", result
+    assert "learned_features" in result.signals
+    assert recognizer.recognize(SMVS / "nomatch" / "landmark-001.jpg").status == "no_match"
+
+
+def test_a_model_of_another_method_is_refused(tiny_model, smvs_collection, aliked_dir, tmp_path):
+    result = run("index", "build", "--model", tiny_model, "--collection", smvs_collection, "--out", tmp_path / "b",
+                 "--features", "xfeat", "--features-model", aliked_dir, "--no-calibrate")
+    assert result.exit_code != 0
+    assert "the local-feature model is 'aliked', the features asked for are 'xfeat'" in " ".join(result.output.split())
+    assert not (tmp_path / "b").exists()

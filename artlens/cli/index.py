@@ -37,11 +37,12 @@ def index_build(
                                                 " local (VLAD and descriptor votes). Global embeddings (one model"
                                                 " forward per artwork) are stored only for fused/global or a"
                                                 " pretrained model.")] = "auto",
-    features: Annotated[str, typer.Option(help="Local features: rootsift (OpenCV, no weights) | xfeat (learned,"
-                                               " needs --features-model; the model is copied into the bundle)."
-                                          )] = "rootsift",
+    features: Annotated[str, typer.Option(help="Local features: rootsift (OpenCV, no weights) | xfeat | aliked"
+                                               " (learned, need --features-model; the model is copied into the"
+                                               " bundle).")] = "rootsift",
     features_model: Annotated[Path | None, typer.Option(help="Learned local-feature model directory (`artlens"
-                                                             " export local-features --model xfeat`).")] = None,
+                                                             " export local-features --model xfeat|aliked-n16`)."
+                                                        )] = None,
 ) -> None:
     """Extract local features, embed (where the shortlist uses it), index and calibrate a collection into a bundle."""
     from artlens.calibration.calibrate import build_calibrated_bundle
