@@ -5,7 +5,7 @@ gate bundles of the real sets with the tiny random-init model and evaluates them
 compares every configuration with the first: the calibration's threshold in inliers, the largest change of an
 expected answer's confidence and inliers, and which answers flipped.
 
-    python -m artlens.eval.gate_variation --out out/gate-variation [--photos 40] [--sets estense,smvs]
+    python -m artlens.eval.gate_variation --out out/gate-variation [--photos 200] [--sets estense,smvs]
 
 ``avx2`` emulates a CPU without AVX-512 (an AVX2-only AMD EPYC, say) on one that has it: OpenCV, NumPy, OpenBLAS
 and FAISS are each told not to use their AVX-512 kernels. ONNX Runtime has no such switch; its output does not
@@ -78,7 +78,7 @@ def summarise(results: dict[str, dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--photos", type=int, default=40, help="simulated calibration photos (the gates' setting)")
+    parser.add_argument("--photos", type=int, default=200, help="simulated calibration photos (the gates' setting)")
     parser.add_argument("--sets", default="estense,smvs")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # one configuration, in-process
