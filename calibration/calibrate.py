@@ -63,7 +63,8 @@ def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = 
 def build_calibrated_bundle(model_dir: str | Path, collection_csv: str | Path, out: str | Path, *,
                             config: dict | None = None, calibration: dict | None = None, calibrate: bool = True,
                             strict: bool = False, progress: Progress | None = None,
-                            sam_dir: str | Path | None = None) -> BuildReport:
+                            sam_dir: str | Path | None = None, workers: int | None = None,
+                            ray_address: str | None = None) -> BuildReport:
     """:func:`artlens.indexing.build.build_bundle`, calibrated (``calibration``: :data:`DEFAULT_CONFIG` keys)
     in its staging directory before the bundle is moved into place; the fit reports as stage "calibration"."""
 
@@ -75,4 +76,5 @@ def build_calibrated_bundle(model_dir: str | Path, collection_csv: str | Path, o
             raise BundleError(str(exc).replace(str(staging), str(out))) from None
 
     return build_bundle(model_dir, collection_csv, out, config=config, strict=strict, progress=progress,
-                        before_commit=calibrate_staged if calibrate else None, sam_dir=sam_dir)
+                        before_commit=calibrate_staged if calibrate else None, sam_dir=sam_dir, workers=workers,
+                        ray_address=ray_address)

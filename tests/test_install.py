@@ -76,8 +76,8 @@ def test_a_drifted_environment_is_named_package_by_package(tmp_path):
 
 def test_the_lock_covers_every_extra_with_the_cpu_torch_and_no_cuda_wheels():
     pins = _lock_module().read_lock()
-    assert set(PROJECT["optional-dependencies"]) == {"export", "dev", "eval", "learned", "gpu"}
-    for req in _requirements("core", "export", "dev", "eval", "learned", "gpu") + _no_deps_requirements():
+    assert set(PROJECT["optional-dependencies"]) == {"export", "dev", "eval", "learned", "gpu", "cluster"}
+    for req in _requirements("core", "export", "dev", "eval", "learned", "gpu", "cluster") + _no_deps_requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req} is not pinned in requirements/lock.txt"
         assert req.specifier.contains(pins[name], prereleases=True), f"lock pins {name}=={pins[name]}, not {req}"

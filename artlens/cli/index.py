@@ -43,6 +43,14 @@ def index_build(
     features_model: Annotated[Path | None, typer.Option(help="Learned local-feature model directory (`artlens"
                                                              " export local-features --model xfeat|aliked-n16`)."
                                                         )] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes for the per-artwork work (decode,"
+                                                          " local features, embeddings) on a local Ray; 1: in this"
+                                                          " process. Default: in this process, a local Ray for"
+                                                          " large collections when installed (artlens[cluster])."
+                                                )] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join the Ray cluster at this address (e.g. ray://head:10001"
+                                                         " or auto) instead of starting one; the collection's images"
+                                                         " and --out must be on storage every node sees.")] = None,
 ) -> None:
     """Extract local features, embed (where the shortlist uses it), index and calibrate a collection into a bundle."""
     from artlens.calibration.calibrate import build_calibrated_bundle
@@ -67,12 +75,13 @@ def index_build(
                 segment_config["amg"] = {"points_per_side": points_per_side}
             build_config["segments"] = segment_config
 
-    with errors(), progress() as bars:
+    with errors(), _rate_progress() as bars:
         report = build_calibrated_bundle(model, collection, out, config=build_config,
                                          calibration={"synthetic_photos": calibration_photos,
                                                       "target_fpr": target_fpr},
                                          calibrate=calibrate, strict=strict, progress=stage_ticker(bars),
-                                         sam_dir=sam if segments else None)
+                                         sam_dir=sam if segments else None, workers=workers,
+                                         ray_address=ray_address)
     for line, reason in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {collection}:{line}: {reason}", highlight=False)
     from artlens.indexing.store.bundle import read_meta
@@ -91,6 +100,30 @@ def index_build(
                   + (f"index {meta['index']['type']}" if meta.get("index") else "no global embeddings"))
     console.print(f"[green]bundle[/green] {out}: {report.indexed} artworks{segment_line}, {len(report.skipped)}"
                   f" skipped, {index_line}, {calibration_line}, {report.seconds:.1f}s", highlight=False)
+
+
+def _rate_progress():
+    """The build's bars with a rate column: artworks/s while the artworks are read."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        """Rows read per second since the stage started (a resumed build's finished shards not counted)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.first: dict = {}
+
+        def render(self, task) -> Text:
+            first = self.first.setdefault(task.id, task.completed)
+            elapsed = task.finished_time if task.finished else task.elapsed  # frozen once the stage is done
+            if task.description != "artworks" or not elapsed or task.completed == first:
+                return Text("")
+            return Text(f"{(task.completed - first) / elapsed:.1f} artworks/s")
+
+    bars = progress()
+    bars.columns = (*bars.columns, Rate())
+    return bars
 
 
 @index_app.command("votes")

@@ -1,0 +1,236 @@
+"""The per-artwork half of an index build, in shards: decode, local features, rendition and (where the bundle reads
+them) global embeddings of a run of collection rows, written to disk so that a killed build resumes where it was.
+
+Both build paths run these same functions: in process (indexing/build.py) and as Ray Data stages
+(indexing/ray_build.py). Layout inside the build's staging directory (docs/scale.md)::
+
+    shards/plan.json          what every shard covers (row ranges) and the key the shards were made under
+    shards/00003.npz          the shard's arrays: keypoints, descriptors, offsets, sizes[, embeddings]
+    shards/00003.json         its manifest: artworks, skipped rows, the npz's sha256 — written last, by rename
+
+A shard is finished exactly when its manifest exists and the npz it names has that checksum; the merge
+(:func:`load_shards`) concatenates finished shards in shard order, which is the collection's row order.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from artlens.errors import ArtlensError, CollectionError
+from artlens.hashing import file_sha256
+from artlens.indexing.store.bundle import ReferenceFeatures
+from artlens.local_features import FeatureExtractor
+from artlens.verification import LocalFeatures
+
+from . import renditions
+from .collection import fetch_bytes, resolve_image
+from .reference import read_reference
+
+SHARD_DIR = "shards"
+
+
+class ShardStageStopped(ArtlensError):
+    """The shard stage stopped for a reason outside the collection (workers lost beyond their retries, the cluster
+    gone): the finished shards are kept and the same build resumes from them."""
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """What one worker needs to read a shard: picklable, no open handles."""
+
+    index: int
+    rows: list  # collection rows (indexing.collection Row: number, object_id, image, metadata)
+    collection_path: str
+    staging: str
+    feature_config: dict
+    global_embedding: bool
+    strict: bool = False
+    features_model: str | None = None  # a learned method's model directory (the copy in the staging directory)
+
+
+@dataclass
+class ShardResult:
+    index: int
+    artworks: list[dict] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (CSV line, reason)
+    features: list[LocalFeatures] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)  # decoded RGB for the model; dropped once embedded
+    embeddings: np.ndarray | None = None
+    rows: int = 0
+
+
+def build_key(collection_csv: Path, settings: dict) -> str:
+    """Shards are reused only by a build of the same collection file with the same settings (model, features,
+    shard size, …): the key names the staging directory and is recorded in plan.json."""
+    digest = hashlib.sha256(Path(collection_csv).read_bytes())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def plan_shards(rows: list, shard_size: int) -> list[list]:
+    return [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
+
+
+def extractor_for(task: ShardTask, threads: int | None = None) -> FeatureExtractor:
+    """The shard's feature extractor, made once per process and reused for every shard it reads there: a learned
+    model is an ONNX session, too costly to open per row or per shard. ``threads``: a learned model's ONNX Runtime
+    threads (a worker that holds one CPU runs one)."""
+    return _extractor(json.dumps(task.feature_config, sort_keys=True), task.features_model, threads)
+
+
+@functools.lru_cache(maxsize=2)
+def _extractor(config_json: str, model_dir: str | None, threads: int | None) -> FeatureExtractor:
+    return FeatureExtractor(json.loads(config_json), model_dir, threads=threads)
+
+
+def read_row(task: ShardTask, row, extractor: FeatureExtractor
+             ) -> tuple[dict, LocalFeatures, np.ndarray, bytes] | tuple[int, str]:
+    """One collection row → (artwork, features, decoded RGB, source bytes), or (CSV line, reason) for a bad row.
+    The rendition is written into the staging directory by content, so a shard redone writes the same file."""
+    source = resolve_image(Path(task.collection_path), row.image)
+    try:
+        data = fetch_bytes(source)
+        reference = read_reference(data, name=f"{task.collection_path}:{row.number} ({row.image})",
+                                   extractor=extractor)
+        rendition = renditions.write_rendition(Path(task.staging), reference.rendition)
+    except ArtlensError as exc:
+        reason = str(exc) if str(row.image) in str(exc) else f"{row.image}: {exc}"
+        if task.strict:
+            raise CollectionError(f"{task.collection_path}:{row.number}: {reason} (--strict)") from None
+        return row.number, reason
+    width, height = reference.image.original_size
+    artwork = {"object_id": row.object_id, "image": row.image, "rendition": rendition,
+               "width": width, "height": height, "metadata": row.metadata}
+    return artwork, reference.features, reference.image.rgb, data
+
+
+def extract_shard(task: ShardTask, on_row=None, extractor: FeatureExtractor | None = None) -> ShardResult:
+    """Decode + local features + rendition of every row of the shard (the CPU-bound stage); ``on_row()`` after
+    each. ``extractor``: the caller's (in process); by default the one this process keeps for the task's settings."""
+    extractor = extractor or extractor_for(task)
+    result = ShardResult(task.index, rows=len(task.rows))
+    for row in task.rows:
+        read = read_row(task, row, extractor)
+        if on_row is not None:
+            on_row()
+        if len(read) == 2:
+            result.skipped.append(read)  # type: ignore[arg-type]
+            continue
+        artwork, features, rgb, _ = read
+        result.artworks.append(artwork)
+        result.features.append(features)
+        if task.global_embedding:
+            result.images.append(rgb)
+    return result
+
+
+def embed_shard(result: ShardResult, embedder, batch_size: int) -> ShardResult:
+    """Global embeddings of the shard's decoded images (one ONNX session: the caller's ``embedder``)."""
+    if result.images:
+        result.embeddings = embedder.embed_arrays(result.images, batch_size).astype(np.float32)
+    result.images = []
+    return result
+
+
+def write_shard(directory: Path, result: ShardResult, method: str) -> dict:
+    """Write the shard's arrays, then its manifest (atomically, last): from then on the shard counts as done."""
+    directory.mkdir(parents=True, exist_ok=True)
+    features = ReferenceFeatures.from_list(result.features, method)
+    arrays = {"keypoints": features.keypoints, "descriptors": features.descriptors, "offsets": features.offsets,
+              "sizes": features.sizes}
+    if result.embeddings is not None:
+        arrays["embeddings"] = result.embeddings
+    npz = directory / f"{result.index:05d}.npz"
+    tmp = npz.with_suffix(".npz.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, npz)
+    manifest = {"index": result.index, "rows": result.rows, "artworks": result.artworks,
+                "skipped": [list(s) for s in result.skipped], "npz": npz.name, "sha256": file_sha256(npz),
+                "pid": os.getpid()}
+    target = directory / f"{result.index:05d}.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, ensure_ascii=False))
+    os.replace(tmp, target)
+    return {"index": result.index, "rows": result.rows, "artworks": len(result.artworks),
+            "skipped": manifest["skipped"]}
+
+
+def write_plan(directory: Path, key: str, shards: list[list]) -> None:
+    """Record the shards' row ranges under ``key``; a plan of another key means the shards there are stale."""
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = {"key": key, "shards": [[s[0].number, s[-1].number, len(s)] for s in shards]}
+    path = directory / "plan.json"
+    if path.is_file() and json.loads(path.read_text()) != plan:
+        for stale in directory.iterdir():
+            stale.unlink()
+    tmp = directory / "plan.json.tmp"
+    tmp.write_text(json.dumps(plan))
+    os.replace(tmp, path)
+
+
+def finished_shards(directory: Path) -> set[int]:
+    """Shards whose manifest is written and whose arrays match it."""
+    done = set()
+    for manifest_path in sorted(directory.glob("[0-9]*.json")):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            npz = directory / manifest["npz"]
+            if npz.is_file() and file_sha256(npz) == manifest["sha256"]:
+                done.add(int(manifest["index"]))
+        except (OSError, ValueError, KeyError):
+            continue  # a torn or foreign file: the shard is redone
+    return done
+
+
+@dataclass
+class MergedShards:
+    artworks: list[dict]
+    skipped: list[tuple[int, str]]
+    features: ReferenceFeatures
+    embeddings: np.ndarray | None
+
+
+def load_shards(directory: Path, count: int, method: str, global_embedding: bool) -> MergedShards:
+    """Every shard's artworks and arrays, concatenated in shard order (the collection's row order)."""
+    artworks: list[dict] = []
+    skipped: list[tuple[int, str]] = []
+    parts: dict[str, list[np.ndarray]] = {"keypoints": [], "descriptors": [], "sizes": [], "embeddings": []}
+    offsets = [np.zeros(1, np.int64)]
+    flat = 0  # descriptors in the shards so far
+    for index in range(count):
+        manifest = json.loads((directory / f"{index:05d}.json").read_text())
+        with np.load(directory / manifest["npz"]) as arrays:
+            for name in ("keypoints", "descriptors", "sizes"):
+                parts[name].append(arrays[name])
+            offsets.append(arrays["offsets"][1:] + flat)
+            flat += int(arrays["offsets"][-1])
+            if global_embedding and manifest["artworks"]:
+                parts["embeddings"].append(arrays["embeddings"])
+        artworks.extend(manifest["artworks"])
+        skipped.extend((int(line), reason) for line, reason in manifest["skipped"])
+    # A shard without usable rows holds (0, 128) descriptors whatever the method: only filled ones set the width.
+    descriptors = [d for d in parts["descriptors"] if len(d)] or parts["descriptors"][:1]
+    features = ReferenceFeatures(np.concatenate(parts["keypoints"]).astype(np.float32),
+                                 np.concatenate(descriptors).astype(np.uint8),
+                                 np.concatenate(offsets).astype(np.int64),
+                                 np.concatenate(parts["sizes"]).astype(np.int32).reshape(-1, 2), method)
+    embeddings = np.concatenate(parts["embeddings"]).astype(np.float32) if parts["embeddings"] else None
+    return MergedShards(artworks, skipped, features, embeddings)
+
+
+def pack(result: ShardResult) -> bytes:
+    """A shard in flight between Ray Data stages (one binary column)."""
+    return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(payload: bytes) -> ShardResult:
+    return pickle.loads(payload)
