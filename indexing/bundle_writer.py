@@ -24,10 +24,11 @@ from artlens.indexing.store.bundle import (
     ReferenceFeatures,
     has_global_embedding,
 )
+from artlens.indexing.store.footprint import compute_footprint
 from artlens.indexing.store.segments import segment_files
 from artlens.local_features import bundle_model_files
 
-from .renditions import stored_files_in
+from .renditions import stored_files
 
 
 def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddings: np.ndarray | None,
@@ -57,7 +58,9 @@ def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddin
 
 
 def write_meta(directory: Path, meta: dict) -> None:
-    """(Re)write bundle.json with fresh checksums of the data files; atomic by rename within the directory."""
+    """(Re)write bundle.json with fresh checksums of the data files and the bundle's ``footprint`` (bytes on disk
+    and in RAM per component, indexing/store/footprint.py); atomic by rename within the directory. Every writer of
+    a bundle (build, admin changes, calibration, added votes or renditions) ends here, so both are always current."""
     files = ["artworks.json", *(GLOBAL_EMBEDDING_FILES if has_global_embedding(meta) else ()), "vocabulary.npy",
              "local_index.faiss"]
     files += [f"features/{f}" for f in FEATURE_FILES]
@@ -66,8 +69,10 @@ def write_meta(directory: Path, meta: dict) -> None:
     if meta.get("segments"):
         files += segment_files(meta["segments"])
     files += bundle_model_files(meta)  # a learned local-feature model's copy: queries are described by it
-    files += stored_files_in(directory)  # renditions and stored originals: checked like every other file
+    artworks = json.loads((directory / "artworks.json").read_text(encoding="utf-8"))
+    files += stored_files(artworks)  # renditions and stored originals: checked like every other file
     meta = {**meta, "format": FORMAT, "checksums": {f: file_sha256(directory / f) for f in files}}
+    meta["footprint"] = compute_footprint(directory, meta, len(artworks))
     tmp = directory / "bundle.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     os.replace(tmp, directory / "bundle.json")

@@ -8,7 +8,6 @@ checksums it. Reading one back (checked again) and smaller sizes: artlens.indexi
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from artlens.imaging import load_image
@@ -40,11 +39,6 @@ def stored_files(artworks: list[dict]) -> list[str]:
     """Files the bundle stores for its artworks (renditions, admin-added originals), relative to the bundle."""
     names = {art[key] for art in artworks for key in ("rendition", "stored_image") if art.get(key)}
     return sorted(names)
-
-
-def stored_files_in(directory: Path) -> list[str]:
-    """:func:`stored_files` of the bundle in ``directory`` (read from its artworks.json)."""
-    return stored_files(json.loads((directory / "artworks.json").read_text()))
 
 
 def describe(directory: Path, artworks: list[dict]) -> dict:

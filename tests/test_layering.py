@@ -253,7 +253,7 @@ def test_the_rule_catches_a_builder_import():
 
 def test_the_index_store_imports_only_base_and_verification():
     store = [s for s in SOURCES if _within(s.module, (STORE,))]
-    assert {f"{STORE}.bundle", f"{STORE}.vlad", f"{STORE}.vectors"} <= {s.module for s in store}
+    assert {f"{STORE}.bundle", f"{STORE}.vlad", f"{STORE}.vectors", f"{STORE}.footprint"} <= {s.module for s in store}
     for src in store:
         bad = [i for i in _ours(src) if _stage_of(i.module) not in {"base", "verification"}
                and not _within(i.module, (STORE,))]

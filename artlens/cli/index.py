@@ -181,3 +181,83 @@ def index_renditions(
                       " it cannot",
                       highlight=False)
         raise typer.Exit(2)
+
+
+def _size(num: float | None) -> str:
+    """Bytes for people: 1,234 B, 12.3 KB, 4.56 MB (powers of 1000, as disks are sold)."""
+    if num is None:
+        return "fixed"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if num >= scale:
+            value = num / scale
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}" if value < 100 else \
+                f"{value:,.0f} {unit}"
+    return f"{num:,.0f} B"
+
+
+@index_app.command("info")
+def index_info(
+    index: Annotated[Path, typer.Option(help="Bundle directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Counts, model and local features, calibration threshold, and what the bundle costs on disk and in RAM, per
+    component and per artwork (bundle.json "footprint"; computed from the files for bundles written before it)."""
+    import json
+
+    from rich.table import Table
+
+    from artlens.errors import BundleError
+    from artlens.indexing.store.bundle import has_global_embedding, read_meta
+    from artlens.indexing.store.footprint import MANIFEST, compute_footprint
+
+    with errors():
+        meta = read_meta(index)
+        footprint = meta.get("footprint")
+        source = "bundle.json"
+        if not isinstance(footprint, dict) or not isinstance(footprint.get("components"), list):
+            try:
+                artworks = json.loads((index / "artworks.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise BundleError("artworks.json cannot be read; rebuild the bundle", path=index) from None
+            if not isinstance(artworks, list):
+                raise BundleError("artworks.json is not a list of artworks; rebuild the bundle", path=index)
+            footprint = compute_footprint(index, meta, len(artworks))
+            source = "computed from the files"
+    calibration = meta.get("calibration") or {}
+    model = meta["model"]
+    summary = {
+        "artworks": footprint["artworks"], "version": meta.get("version", 1),
+        "model": {key: model.get(key) for key in ("id", "pretrained", "pooling", "embedding_dim", "precision")},
+        "global_embedding": has_global_embedding(meta), "shortlist": meta.get("shortlist"),
+        "features": meta["features"]["config"], "segments": (meta.get("segments") or {}).get("count"),
+        "descriptors": (meta.get("votes") or {}).get("count"), "threshold": calibration.get("threshold"),
+        "footprint_source": source, "manifest_bytes": (index / MANIFEST).stat().st_size, "footprint": footprint,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    features = summary["features"]
+    threshold = summary["threshold"]
+    console.print(f"[bold]bundle[/bold] {index}: {summary['artworks']} artworks (version {summary['version']})"
+                  + (f", {summary['segments']} segments" if summary["segments"] else "")
+                  + (f", {summary['descriptors']} descriptors in the vote index" if summary["descriptors"] else ""),
+                  highlight=False)
+    console.print(f"model {model.get('id')} ({'pretrained' if model.get('pretrained') else 'random-init'}), "
+                  f"{'global embeddings' if summary['global_embedding'] else 'no global embeddings'}, shortlist "
+                  f"{summary['shortlist'] or 'auto'}; local features {features['method']} (max side "
+                  f"{features['max_side']}, max keypoints {features.get('max_keypoints')}); calibration "
+                  + (f"threshold {threshold:.3f}" if threshold is not None else "none"), highlight=False)
+    table = Table(title=f"Footprint ({source}; RAM: what a loaded bundle holds, memory-mapped files count as disk)")
+    for column in ("component", "disk", "RAM", "disk / artwork", "RAM / artwork", "RAM counted as"):
+        table.add_column(column, justify="left" if column in ("component", "RAM counted as") else "right")
+    for row in sorted(footprint["components"], key=lambda row: row["kind"] == "fixed"):  # growing ones first
+        table.add_row(row["name"], _size(row["disk_bytes"]), _size(row["ram_bytes"]),
+                      _size(row["disk_per_artwork"]), _size(row["ram_per_artwork"]), row["ram_basis"])
+    table.add_section()
+    for label, part in (("fixed costs", footprint["fixed"]), ("total", footprint["total"])):
+        table.add_row(label, _size(part["disk_bytes"]), _size(part["ram_bytes"]), "", "", "")
+    per = footprint["per_artwork"]
+    table.add_row("per artwork (growing components)", "", "", _size(per["disk_bytes"]), _size(per["ram_bytes"]), "")
+    console.print(table)
+    console.print(f"not counted: {MANIFEST} ({_size(summary['manifest_bytes'])}: settings, calibration, checksums)",
+                  highlight=False)
