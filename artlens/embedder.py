@@ -172,6 +172,19 @@ def open_session(onnx_path: Path, threads: int | None = None) -> Any:
     return session
 
 
+def checked_onnx_file(model_dir: Path, meta: dict, *, check_sha: bool = True, require_sha: bool = False) -> Path:
+    """The ONNX file model.json names, present and (``check_sha``) matching its recorded sha256; ``require_sha``:
+    a model.json without one is refused too."""
+    onnx_path = model_dir / meta["onnx"].get("file", "model.onnx")
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: ONNX file missing; re-export the model")
+    sha = meta["onnx"].get("sha256", "")
+    if check_sha and (sha or require_sha) and (not sha or file_sha256(onnx_path) != sha):
+        raise ModelError(f"{onnx_path}: sha256 does not match model.json (file changed or truncated); "
+                         "re-export the model")
+    return onnx_path
+
+
 class Embedder:
     """ONNX Runtime session + the preprocessing and pooling the model was exported with."""
 
@@ -179,12 +192,7 @@ class Embedder:
                  check_sha: bool = True) -> None:
         self.model_dir = Path(model_dir)
         meta = read_model_json(self.model_dir)
-        onnx_path = self.model_dir / meta["onnx"].get("file", "model.onnx")
-        if not onnx_path.is_file():
-            raise ModelError(f"{onnx_path}: ONNX file missing; re-export the model")
-        sha = meta["onnx"].get("sha256", "")
-        if check_sha and sha and file_sha256(onnx_path) != sha:
-            raise ModelError(f"{onnx_path}: sha256 does not match model.json (file changed or truncated)")
+        onnx_path = checked_onnx_file(self.model_dir, meta, check_sha=check_sha)
         self.meta = meta
         inp = meta["input"]
         self.size = int(inp["size"])
@@ -201,7 +209,8 @@ class Embedder:
         self.providers = self.session.get_providers()
         self.input_name = meta["onnx"].get("input", "pixel_values")
         self.info = ModelInfo(
-            source=str(meta.get("source", self.model_dir)), pretrained=bool(meta["pretrained"]), sha256=sha,
+            source=str(meta.get("source", self.model_dir)), pretrained=bool(meta["pretrained"]),
+            sha256=meta["onnx"].get("sha256", ""),
             embedding_dim=self.dim, pooling=self.pooling, input_size=self.size, geometry=self.geometry,
             precision=meta["onnx"].get("precision", "fp32"),
         )

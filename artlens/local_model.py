@@ -14,9 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from artlens.embedder import open_session
+from artlens.embedder import checked_onnx_file, open_session
 from artlens.errors import ModelError
-from artlens.hashing import file_sha256
 from artlens.verification.features import LEARNED_METHODS, LocalFeatures
 
 KIND = "local_features"
@@ -81,13 +80,7 @@ class LocalFeatureModel:
                  check_sha: bool = True) -> None:
         self.model_dir = Path(model_dir)
         meta = read_local_model_json(self.model_dir)
-        onnx_path = self.model_dir / meta["onnx"].get("file", "model.onnx")
-        if not onnx_path.is_file():
-            raise ModelError(f"{onnx_path}: ONNX file missing; re-export the model")
-        sha = meta["onnx"].get("sha256", "")
-        if check_sha and (not sha or file_sha256(onnx_path) != sha):
-            raise ModelError(f"{onnx_path}: sha256 does not match model.json (file changed or truncated); "
-                             "re-export the model")
+        onnx_path = checked_onnx_file(self.model_dir, meta, check_sha=check_sha, require_sha=True)
         self.meta = meta
         self.method = str(meta["method"])
         self.model_max_keypoints = int(meta["max_keypoints"])
@@ -99,7 +92,7 @@ class LocalFeatureModel:
         self.session = open_session(onnx_path, threads)
         self.providers = self.session.get_providers()
         self.info = LocalModelInfo(method=self.method, source=str(meta.get("source", self.model_dir)),
-                                   pretrained=bool(meta["pretrained"]), sha256=sha,
+                                   pretrained=bool(meta["pretrained"]), sha256=meta["onnx"].get("sha256", ""),
                                    descriptor_dim=self.descriptor_dim, max_side=self.max_side,
                                    max_keypoints=self.max_keypoints)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from artlens.export.archs import KNOWN_ARCHITECTURES
 from artlens.export.errors import ExportError
-from artlens.files import moved_into_place, staging_directory
+from artlens.export.staging import export_staging
+from artlens.files import moved_into_place
 from artlens.hashing import file_sha256
 
 # Defaults, one place (hloc style). The CLI and callers override per export.
@@ -93,11 +94,7 @@ def export_dinov2(
     wrapper = graph.Dinov2Tokens(loaded.model, loaded.num_register_tokens).eval()
     timings["load"] = time.perf_counter() - t0
 
-    try:
-        tmp = staging_directory(out, "tmp")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
-    except OSError as exc:
-        raise ExportError(f"--out {out}: cannot write next to it ({exc.strerror or exc})") from exc
+    tmp = export_staging(out)
     with moved_into_place(tmp, out):
         t = time.perf_counter()
         report("export", f"tracing to ONNX opset {opset}")

@@ -26,7 +26,8 @@ import numpy as np
 
 from artlens.export.dinov2 import FORMAT, Progress, _check_out_dir
 from artlens.export.errors import ExportError
-from artlens.files import moved_into_place, staging_directory
+from artlens.export.staging import export_staging
+from artlens.files import moved_into_place
 from artlens.hashing import file_sha256
 
 from .local_models import CONFIG, MODELS, Spec
@@ -75,11 +76,7 @@ def export_local_features(model: str, out_dir: str | Path, *, max_keypoints: int
     graph_module, loaded = _load(model, spec, max_keypoints, detection_threshold)
     timings["load"] = time.perf_counter() - t0
 
-    try:
-        tmp = staging_directory(out, "tmp")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
-    except OSError as exc:
-        raise ExportError(f"--out {out}: cannot write next to it ({exc.strerror or exc})") from exc
+    tmp = export_staging(out)
     with moved_into_place(tmp, out):
         t = time.perf_counter()
         report("export", f"tracing to ONNX opset {opset}")

@@ -16,7 +16,8 @@ from typing import Any
 
 from artlens.export.dinov2 import FORMAT, OPSETS, Progress, _check_out_dir
 from artlens.export.errors import ExportError
-from artlens.files import moved_into_place, staging_directory
+from artlens.export.staging import export_staging
+from artlens.files import moved_into_place
 from artlens.hashing import file_sha256
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")  # what segment-anything publishes; "tiny" is for tests
@@ -81,11 +82,7 @@ def export_sam(out_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     sam.requires_grad_(False)
     timings["load"] = time.perf_counter() - t0
 
-    try:
-        tmp = staging_directory(out, "tmp")
-        tmp.chmod(0o755)
-    except OSError as exc:
-        raise ExportError(f"--out {out}: cannot write next to it ({exc.strerror or exc})") from exc
+    tmp = export_staging(out)
     with moved_into_place(tmp, out):
         t = time.perf_counter()
         report("export", f"image encoder and prompt-batched decoder to ONNX opset {opset}")

@@ -10,11 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from artlens.cli import app
 
 from .conftest import SMVS, needs_shared, write_collection
+from .test_cli import run
 from .test_learned_features_bundle import xfeat_dir  # noqa: F401 - the module-scoped export, reused
 
 pytestmark = needs_shared
@@ -24,13 +22,6 @@ PHOTOS = [("query/001.jpg", "smvs-001"), ("query/007.jpg", "smvs-007"), ("query/
           ("nomatch/landmark-001.jpg", ""), ("nomatch/landmark-003.jpg", "")]
 STAGES = ["decode", "features", "search", "verify", "decide"]
 
-
-def run(*args: str | Path, env: dict | None = None):
-    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    for stream in (result.stdout, result.stderr):
-        assert "Traceback" not in stream
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def squeeze(text: str) -> str:

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from artlens.cli import app
 from artlens.errors import ModelError
 from artlens.export import local_features
 from artlens.export.errors import ExportError
@@ -27,19 +25,14 @@ from artlens.local_model import LocalFeatureModel
 from artlens.verification import prepare, verify
 
 from .conftest import SMVS, needs_shared
+from .test_cli import run
+from .test_local_features_export import MNN
 
 pytestmark = needs_shared
 
 PARITY_PHOTO = SMVS / "query" / "001.jpg"
 ALIKED_PHOTO = SMVS / "query" / "003.jpg"
-MNN = {"matching": {"ratio": None, "mutual": True}}
 
-
-def run(*args: str | Path):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def photo(path: Path, max_side: int = 1024) -> np.ndarray:

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from artlens.cli import app
 from artlens.errors import ModelError
 from artlens.export import local_features
 from artlens.export.errors import ExportError
@@ -30,18 +28,13 @@ from artlens.verification import FEATURE_CONFIG, extract, matching_space, prepar
 from artlens.verification.matching import match_float
 
 from .conftest import SMVS, needs_shared
+from .test_cli import run
 
 pytestmark = needs_shared
 
 PARITY_PHOTO = SMVS / "query" / "001.jpg"  # a 1600×1200 phone photo of painting 001
 MNN = {"matching": {"ratio": None, "mutual": True}}
 
-
-def run(*args: str | Path):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 @pytest.fixture(scope="module")
