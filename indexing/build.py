@@ -23,12 +23,20 @@ from artlens.embedder import Embedder
 from artlens.errors import ArtlensError, CollectionError
 from artlens.files import moved_into_place, swap_into_place
 from artlens.imaging import load_image
-from artlens.indexing.store import vlad
 from artlens.indexing.store.bundle import ReferenceFeatures, resolve_shortlist, uses_global_embedding
 from artlens.local_features import LOCAL_MODEL_DIR, FeatureExtractor, install_model
-from artlens.verification import FEATURE_CONFIG, matching_space
+from artlens.verification import FEATURE_CONFIG
 
-from . import bundle_writer, descriptor_votes, renditions, segment_collection, shards, vector_index, vocabulary
+from . import (
+    bundle_writer,
+    descriptor_votes,
+    renditions,
+    segment_collection,
+    shards,
+    vector_index,
+    vlad_index,
+    vocabulary,
+)
 from .collection import read_collection
 
 DEFAULT_CONFIG: dict = {
@@ -309,7 +317,7 @@ def _merge_and_write(context: _Context, staging: Path, merged: shards.MergedShar
     if features.offsets[-1] == 0:  # nothing to learn a vocabulary from, nothing to verify against
         raise CollectionError(f"{collection.path}: no local features in any of the {len(artworks)} images"
                               " (blank, uniform or tiny images?); artworks need visible detail to be recognised")
-    visual_words, local_index, local_desc = _local_shortlist_index(
+    visual_words, local_index, local_desc = vlad_index.build_vlad_index(
         features, with_defaults(vocabulary.DEFAULT_CONFIG, cfg["vlad"]), cfg["index"])
     votes, votes_desc = None, None
     if cfg["votes"] is not None:
@@ -346,33 +354,3 @@ def _merge_and_write(context: _Context, staging: Path, merged: shards.MergedShar
     bundle_writer.write_bundle_files(staging, meta, artworks, embeddings, index, features, visual_words,
                                      local_index, votes)
     return len(artworks)
-
-
-def _local_shortlist_index(features: ReferenceFeatures, vlad_config: dict, index_config: dict
-                           ) -> tuple[np.ndarray, faiss.Index, dict]:
-    """Visual vocabulary + VLAD index: the shortlist that works without pretrained weights.
-
-    The index holds PCA-whitened compact VLADs and carries the projection, so it is searched with raw VLADs. The
-    PCA is learnt on each reference's VLAD of the whole image and of the same regions a query photo is split into.
-    """
-    if features.method in {"orb", "akaze"}:
-        raise CollectionError("the VLAD shortlist needs float descriptors (rootsift or sift), not binary ones")
-    space = matching_space(np.asarray(features.descriptors), features.method)
-    visual_words = vocabulary.train_vocabulary(space, vlad_config)
-    whole, regional = [], []
-    for i in range(len(features)):
-        ref, desc = features.get(i), space[features.offsets[i]:features.offsets[i + 1]]
-        masks = vlad.region_masks(ref.keypoints, ref.image_size)
-        ref_vlads = vlad.aggregate_regions(desc, visual_words, masks)
-        whole.append(ref_vlads[0])
-        regional.extend(ref_vlads[1:])
-    vectors = np.stack(whole)
-    samples = np.concatenate([vectors, np.stack(regional)]) if regional else vectors
-    projection = vocabulary.fit_projection(samples, len(visual_words), vlad_config)
-    inner, desc = vector_index.build_index(vlad.compact(vectors, projection), index_config)
-    index = vlad.projection_index(projection, inner)
-    desc.update(method="vlad", words=int(visual_words.shape[0]), vlad=vlad_config,
-                projection=None if projection is None else {
-                    "kind": "pca-whitening", "dims": projection.dims, "from_dim": int(vectors.shape[1]),
-                    "samples": len(whole) + len(regional)})
-    return visual_words, index, desc

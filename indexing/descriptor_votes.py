@@ -15,31 +15,63 @@ from artlens.verification import matching_space
 
 DEFAULT_CONFIG: dict = {
     "nlist": None,  # inverted lists; None: 4·√(descriptors), within [16, 65536]
-    "encoding": "SQ8",  # FAISS encoding of the vectors in the lists (SQ8: 1 byte per dimension)
+    # FAISS encoding of the vectors in the lists. "auto": SQ8 (1 byte per dimension, 136 B per descriptor with its
+    # 8-byte id) up to ``compress_above`` descriptors, PQ32x8 (32 B + id) above: at a few thousand artworks SQ8's
+    # RAM is small and its vote margins are the best measured; at 10⁵ artworks it would be 12 GB (docs/scale.md).
+    "encoding": "auto",
+    "compress_above": 2_000_000,  # descriptors (≈ 2 000 artworks of 1 000 RootSIFT keypoints)
+    "compressed_encoding": "PQ32x8",
+    # Coarse quantizer: "auto" is exact ("flat") up to ``hnsw_above`` lists, an HNSW graph over the centroids
+    # above — assigning 10⁸ descriptors to 4·10⁴ centroids exactly takes hours on a few cores.
+    "quantizer": "auto",
+    "hnsw_above": 8192,
     "train_per_list": 64,  # training sample per list (capped at all descriptors)
+    "add_chunk": 1_000_000,  # descriptors converted to float and added at a time (bounds the build's memory)
     "seed": 0,
 }
 
 
-def _matching(features) -> np.ndarray:
-    return np.ascontiguousarray(matching_space(np.asarray(features.descriptors), features.method), np.float32)
+def _factory(nlist: int, count: int, cfg: dict) -> str:
+    encoding = cfg["encoding"]
+    if encoding == "auto":
+        encoding = cfg["compressed_encoding"] if count > cfg["compress_above"] else "SQ8"
+    quantizer = cfg["quantizer"]
+    if quantizer == "auto":
+        quantizer = "hnsw" if nlist > cfg["hnsw_above"] else "flat"
+    if quantizer not in ("flat", "hnsw"):
+        raise ValueError(f"votes quantizer must be auto, flat or hnsw, not {quantizer!r}")
+    return f"IVF{nlist}{'_HNSW32' if quantizer == 'hnsw' else ''},{encoding}"
+
+
+def _matching(features, start: int = 0, stop: int | None = None) -> np.ndarray:
+    return np.ascontiguousarray(matching_space(np.asarray(features.descriptors[start:stop]), features.method),
+                                np.float32)
+
+
+def _add_all(index: faiss.Index, features, chunk: int) -> None:
+    """Every descriptor of ``features`` into ``index``, ``chunk`` at a time: the float copy of 10⁸ descriptors
+    would not fit in memory."""
+    total = len(features.descriptors)
+    for start in range(0, total, max(1, chunk)):
+        index.add(_matching(features, start, start + chunk))
 
 
 def build_vote_index(features, config: dict | None = None) -> tuple[faiss.Index, dict]:
     """Train an IVF index on the references' descriptors and fill it; returns (index, description)."""
     cfg = with_defaults(DEFAULT_CONFIG, config)
-    data = _matching(features)
-    n, dim = data.shape
+    n, dim = len(features.descriptors), int(features.descriptors.shape[1])
     nlist = int(cfg["nlist"] or min(65536, max(16, round(4 * np.sqrt(max(n, 1))))))
     nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # FAISS k-means wants ≥ 39 points per list
-    factory = f"IVF{nlist},{cfg['encoding']}"
+    factory = _factory(nlist, n, cfg)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    sample = data
     if n > cfg["train_per_list"] * nlist:
-        pick = np.random.default_rng(cfg["seed"]).choice(n, cfg["train_per_list"] * nlist, replace=False)
-        sample = data[np.sort(pick)]
+        pick = np.sort(np.random.default_rng(cfg["seed"]).choice(n, cfg["train_per_list"] * nlist, replace=False))
+        sample = np.ascontiguousarray(matching_space(np.asarray(features.descriptors)[pick], features.method),
+                                      np.float32)
+    else:
+        sample = _matching(features)
     index.train(sample)
-    index.add(data)
+    _add_all(index, features, int(cfg["add_chunk"]))
     desc = {"factory": factory, "nlist": nlist, "count": int(index.ntotal), "dim": dim,
             "train_sample": len(sample), "seed": cfg["seed"]}
     return index, desc
@@ -51,7 +83,7 @@ def refill(index: faiss.Index, features) -> faiss.Index:
     fresh = faiss.clone_index(index)
     fresh.reset()
     if features.offsets[-1]:
-        fresh.add(_matching(features))
+        _add_all(fresh, features, DEFAULT_CONFIG["add_chunk"])
     return fresh
 
 

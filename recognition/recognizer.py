@@ -97,7 +97,7 @@ class Recognizer:
             self.segments = SegmentSearch(self.bundle, self.settings.segments)
         self._vote_owner = None
         if self.bundle.votes is not None and self.settings.votes.get("enabled", True):
-            self._vote_owner = descriptor_votes.descriptor_owner(self.bundle.features.offsets)
+            self._vote_owner = descriptor_votes.OffsetOwner(self.bundle.features.offsets)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._vlad_parts: tuple[vlad.Projection | None, faiss.Index] | None = None
         # Local features are extracted while ONNX Runtime runs the model, and the shortlist's candidates are

@@ -165,3 +165,42 @@ def test_vote_search_runs_on_one_openmp_thread_of_its_caller_only(recognizer):
     photographed = next(i for i, a in enumerate(bundle.artworks) if a["object_id"] == "smvs-003")
     assert one == library_default and one[0] == photographed
     assert faiss.omp_get_max_threads() == main_threads  # another thread's setting is not touched
+
+
+def test_offset_owner_gives_the_rows_of_descriptor_owner():
+    from artlens.indexing.store.votes import OffsetOwner
+
+    offsets = np.array([0, 2, 2, 5, 9])
+    positions = np.array([[0, 1, 2, 3], [4, 5, 8, 0]])
+    assert OffsetOwner(offsets)[positions].tolist() == descriptor_owner(offsets)[positions].tolist()
+    assert len(OffsetOwner(offsets)) == 9
+
+
+def test_vote_index_encoding_follows_the_collection_size():
+    from artlens.indexing.descriptor_votes import DEFAULT_CONFIG, _factory
+
+    assert _factory(1164, 84_724, DEFAULT_CONFIG) == "IVF1164,SQ8"  # 91 artworks: the best measured margins
+    assert _factory(12_000, 9_300_000, DEFAULT_CONFIG) == "IVF12000_HNSW32,PQ32x8"
+    assert _factory(4096, 2_500_000, {**DEFAULT_CONFIG, "encoding": "SQ4"}) == "IVF4096,SQ4"
+    with pytest.raises(ValueError, match="quantizer"):
+        _factory(16, 1000, {**DEFAULT_CONFIG, "quantizer": "ivf"})
+
+
+@needs_shared
+def test_compressed_vote_index_still_finds_the_photographed_artwork(recognizer):
+    """The encoding and quantizer of large collections (PQ, HNSW over the centroids), forced on the small bundle,
+    added in chunks smaller than one artwork."""
+    from artlens.indexing.descriptor_votes import build_vote_index
+
+    bundle = recognizer.bundle
+    index, desc = build_vote_index(bundle.features, {"compress_above": 0, "hnsw_above": 0, "add_chunk": 500})
+    assert desc["factory"].endswith("_HNSW32,PQ32x8") and index.ntotal == bundle.features.offsets[-1]
+    assert index.code_size == 32  # bytes per descriptor, against 128 for SQ8
+    rows = {a["object_id"]: i for i, a in enumerate(bundle.artworks)}
+    hits = 0
+    for number in SMVS_SUBSET[:6]:
+        ranking = vote_ranking(index, descriptor_owner(bundle.features.offsets),
+                               _photo_descriptors(recognizer, SMVS / "query" / f"{number}.jpg"),
+                               len(bundle.artworks), 5)
+        hits += rows[f"smvs-{number}"] in ranking[:3]
+    assert hits >= 5

@@ -66,3 +66,28 @@ def test_region_vlads_are_bit_for_bit_those_of_each_region_alone():
     assert np.array_equal(vlad.aggregate(descriptors, vocabulary), together[0])
     assert not together[-1].any() and not vlad.aggregate(descriptors[:0], vocabulary).any()
     assert vlad.aggregate_regions(descriptors[:0], vocabulary, [np.ones(0, dtype=bool)]).shape == (1, 32 * 128)
+
+
+def test_vlad_index_of_a_large_collection_learns_its_pca_on_a_sample(recognizer):
+    """Above ``pca_artworks`` the PCA is fitted on a seeded sample of artworks and every artwork's VLAD is
+    compacted in batches: every row is indexed, and the rows still find their own artworks."""
+    from artlens.config import with_defaults
+    from artlens.indexing import vector_index, vocabulary
+    from artlens.indexing.vlad_index import build_vlad_index
+
+    features = recognizer.bundle.features
+    config = with_defaults(vocabulary.DEFAULT_CONFIG, {"pca_dims": 16})
+    assert len(features) > 5
+    words, index, desc = build_vlad_index(features, config, vector_index.DEFAULT_CONFIG, pca_artworks=5)
+    assert index.ntotal == len(features) and desc["projection"]["dims"] == 16
+    assert 5 <= desc["projection"]["samples"] <= 5 * 6  # 5 artworks' whole and regional VLADs
+    full_words, _, full_desc = build_vlad_index(features, config, vector_index.DEFAULT_CONFIG)
+    assert full_desc["projection"]["samples"] > desc["projection"]["samples"]
+    assert np.array_equal(words, full_words)  # the vocabulary does not depend on the PCA sample
+    from artlens.verification import matching_space
+
+    rows = range(0, len(features), 2)
+    raw = np.stack([vlad.aggregate(matching_space(features.get(r).descriptors, features.method), words)
+                    for r in rows]).astype(np.float32)
+    _, ids = index.search(raw, 1)  # the index carries the projection: it is searched with raw VLADs
+    assert ids[:, 0].tolist() == list(rows)
