@@ -83,6 +83,11 @@ def read_collection(csv_path: str | Path) -> Collection:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CollectionError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return parse_collection(text, path)
+
+
+def parse_collection(text: str, path: Path) -> Collection:
+    """The rows of a collection CSV's ``text``; ``path`` names it in messages (a label for an uploaded one)."""
     # newline="" keeps quoted multi-line fields (and U+2028 inside them) intact, as the csv module requires.
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip() for c in (reader.fieldnames or [])]

@@ -88,8 +88,8 @@ def refill(index: faiss.Index, features) -> faiss.Index:
 
 
 def with_added(index: faiss.Index, features) -> faiss.Index:
-    """A copy of a vote index with one more artwork's descriptors (``features``: its LocalFeatures) at the end,
-    where the bundle's flat descriptor array puts them too."""
+    """A copy of a vote index with more artworks' descriptors at the end, where the bundle's flat descriptor array
+    puts them too (``features``: one artwork's LocalFeatures, or several artworks' ReferenceFeatures)."""
     grown = faiss.clone_index(index)
     if len(features.descriptors):
         grown.add(_matching(features))

@@ -65,41 +65,63 @@ def add_artwork(bundle: Bundle, embedder: Embedder, object_id: str, image: bytes
     extractor = FeatureExtractor.for_bundle(bundle.meta, bundle.path)
     reference = read_reference(image, name=f"image of {object_id!r}", extractor=extractor, **load_limits)
     feats = reference.features
-    vlad_vector = vlad.aggregate(matching_space(feats.descriptors, feats.method), bundle.vocabulary).astype(np.float32)
     sha = hashlib.sha256(image).hexdigest()
     stored = f"{IMAGE_DIR}/{sha[:32]}.{extension}"
     jpeg = reference.rendition
     rendition = renditions.rendition_name(jpeg)
     width, height = reference.image.original_size
-    artworks = [*bundle.artworks, {"object_id": object_id, "image": stored, "stored_image": stored,
-                                   "rendition": rendition, "width": width, "height": height,
-                                   "metadata": dict(metadata)}]
-    embeddings, index = None, None
+    artwork = {"object_id": object_id, "image": stored, "stored_image": stored, "rendition": rendition,
+               "width": width, "height": height, "metadata": dict(metadata)}
+    vectors = None
     if bundle.embeddings is not None:
-        vector = embedder.embed_arrays([reference.image.rgb])[0].astype(np.float32)
-        embeddings = np.concatenate([np.asarray(bundle.embeddings), vector[None]])
+        vectors = embedder.embed_arrays([reference.image.rgb]).astype(np.float32)
+    return append_artworks(bundle, [artwork], ReferenceFeatures.from_list([feats], feats.method), vectors,
+                           change=f"add {object_id}", new_files={stored: image, rendition: jpeg})
+
+
+def append_artworks(bundle: Bundle, artworks: list[dict], features: ReferenceFeatures,
+                    embeddings: np.ndarray | None, *, change: str, new_files: dict[str, bytes | Path]) -> Bundle:
+    """Append read artworks (their features, in order, and global embeddings where the bundle stores them) to the
+    bundle's indexes over its trained vocabulary, projection and vote lists, and write ONE next version over
+    ``bundle.path``; ``new_files``: the artworks' stored files (bytes, or a file to link). Returns it, loaded."""
+    existing = bundle.rows
+    for art in artworks:
+        check_object_id(art["object_id"])
+        if art["object_id"] in existing:
+            raise ArtworkExists(f"artwork {art['object_id']!r} is already in this index; delete it first to replace"
+                                " it")
+    space = matching_space(np.asarray(features.descriptors), features.method)
+    vlad_vectors = np.stack([vlad.aggregate(space[features.offsets[i]:features.offsets[i + 1]], bundle.vocabulary)
+                             for i in range(len(features))]).astype(np.float32)
+    index = None
+    if bundle.embeddings is not None:
+        if embeddings is None or len(embeddings) != len(artworks):
+            raise BundleError("the bundle stores global embeddings but the added artworks have none")
+        embeddings = np.concatenate([np.asarray(bundle.embeddings), embeddings.astype(np.float32)])
         index = faiss.clone_index(bundle.index)
-        index.add(vector[None])
+        index.add(embeddings[len(bundle.artworks):])
+    else:
+        embeddings = None
     # The VLAD index may carry a PCA projection in front (IndexPreTransform, which FAISS cannot clone): add the
-    # compact vector to a copy of the inner index and put the same projection in front again.
+    # compact vectors to a copy of the inner index and put the same projection in front again.
     projection, inner = vlad.split_index(bundle.local_index, len(bundle.vocabulary))
     local_inner = faiss.clone_index(inner)
-    local_inner.add(vlad.compact(vlad_vector[None], projection))
+    local_inner.add(vlad.compact(vlad_vectors, projection))
     local_index = vlad.projection_index(projection, local_inner)
     old = bundle.features
-    features = ReferenceFeatures(
-        keypoints=np.concatenate([np.asarray(old.keypoints), feats.keypoints.astype(np.float32)]),
-        descriptors=np.concatenate([np.asarray(old.descriptors), feats.descriptors.astype(np.uint8)]),
-        offsets=np.append(old.offsets, old.offsets[-1] + len(feats)),
-        sizes=np.concatenate([old.sizes, np.asarray([feats.image_size], dtype=np.int32)]),
+    merged = ReferenceFeatures(
+        keypoints=np.concatenate([np.asarray(old.keypoints), features.keypoints.astype(np.float32)]),
+        descriptors=np.concatenate([np.asarray(old.descriptors), features.descriptors.astype(np.uint8)]),
+        offsets=np.concatenate([old.offsets, old.offsets[-1] + features.offsets[1:]]).astype(np.int64),
+        sizes=np.concatenate([old.sizes, features.sizes.astype(np.int32).reshape(-1, 2)]),
         method=old.method,
     )
     votes = None
-    if bundle.votes is not None:  # ids are descriptor positions: the new artwork's come last
-        grown = with_added(bundle.votes, feats)
+    if bundle.votes is not None:  # ids are descriptor positions: the new artworks' come last
+        grown = with_added(bundle.votes, features)
         votes = (grown, {**bundle.meta["votes"], "count": int(grown.ntotal)})
-    return _write_version(bundle, f"add {object_id}", artworks, embeddings, index, features, local_index,
-                          new_files={stored: image, rendition: jpeg}, votes=votes)
+    return _write_version(bundle, change, [*bundle.artworks, *artworks], embeddings, index, merged, local_index,
+                          new_files=new_files, votes=votes)
 
 
 def add_renditions(bundle: Bundle) -> tuple[Bundle, list[tuple[str, str]]]:
@@ -223,7 +245,7 @@ def _exact_settings(recorded: dict) -> dict:
 
 def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings: np.ndarray | None,
                    index: faiss.Index | None, features: ReferenceFeatures, local_index: faiss.Index,
-                   new_files: dict[str, bytes] | None = None,
+                   new_files: dict[str, bytes | Path] | None = None,
                    segments: tuple[SegmentStore, dict] | None = None,
                    votes: tuple[faiss.Index, dict] | None = None) -> Bundle:
     """``segments``: a changed segment store and its description (delete); None carries the old files over."""
@@ -249,7 +271,10 @@ def _write_version(bundle: Bundle, change: str, artworks: list[dict], embeddings
             _carry_images(out, staging, set(segment_files(bundle.meta["segments"])))
         for rel, data in (new_files or {}).items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            (staging / rel).write_bytes(data)
+            if isinstance(data, Path):
+                _link_or_copy(data, staging / rel)
+            else:
+                (staging / rel).write_bytes(data)
         meta["renditions"] = renditions.describe(staging, artworks)
         bundle_writer.write_bundle_files(staging, meta, artworks, embeddings, index, features, bundle.vocabulary,
                                          local_index, votes[0] if votes else None)
@@ -270,7 +295,13 @@ def _carry_images(old: Path, staging: Path, keep: set[str], required: bool = Fal
                 raise BundleError(f"the bundle's {rel} is missing; restore the bundle from a backup or rebuild it")
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists():  # two artworks of the same image share one stored file
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -98,18 +98,26 @@ def read_row(task: ShardTask, row, extractor: FeatureExtractor
     source = resolve_image(Path(task.collection_path), row.image)
     try:
         data = fetch_bytes(source)
-        reference = read_reference(data, name=f"{task.collection_path}:{row.number} ({row.image})",
-                                   extractor=extractor)
-        rendition = renditions.write_rendition(Path(task.staging), reference.rendition)
+        artwork, features, rgb = reference_artwork(row, data, Path(task.staging), extractor,
+                                                   name=f"{task.collection_path}:{row.number} ({row.image})")
     except ArtlensError as exc:
         reason = str(exc) if str(row.image) in str(exc) else f"{row.image}: {exc}"
         if task.strict:
             raise CollectionError(f"{task.collection_path}:{row.number}: {reason} (--strict)") from None
         return row.number, reason
+    return artwork, features, rgb, data
+
+
+def reference_artwork(row, data: bytes, staging: Path, extractor: FeatureExtractor, *, name: str, **load_limits
+                      ) -> tuple[dict, LocalFeatures, np.ndarray]:
+    """One row's image bytes → (artwork, features, decoded RGB); its rendition is written into ``staging``.
+    ``name`` labels the image in error messages; ``load_limits``: read_reference's."""
+    reference = read_reference(data, name=name, extractor=extractor, **load_limits)
+    rendition = renditions.write_rendition(staging, reference.rendition)
     width, height = reference.image.original_size
     artwork = {"object_id": row.object_id, "image": row.image, "rendition": rendition,
                "width": width, "height": height, "metadata": row.metadata}
-    return artwork, reference.features, reference.image.rgb, data
+    return artwork, reference.features, reference.image.rgb
 
 
 def extract_shard(task: ShardTask, on_row=None, extractor: FeatureExtractor | None = None) -> ShardResult:

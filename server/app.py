@@ -18,6 +18,7 @@ import artlens
 
 from .edge import edge_middleware
 from .errors import EXCEPTION_HANDLERS
+from .jobs import JobService
 from .prometheus import Metrics
 from .ratelimit import AdminThrottle, ClientResolver, RateLimiter, rate_limit_middleware
 from .requestlog import configure_logging, request_log_middleware
@@ -46,10 +47,15 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True,
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         holder = preloaded or IndexHolder(settings, metrics)  # bundle + model: loaded once, shared by every request
         recognition = RecognitionService(holder, settings, metrics)
-        app.state.update(holder=holder, recognition=recognition, catalogue=CatalogueService(holder, settings))
+        jobs = JobService(holder, settings)
+        app.state.update(holder=holder, recognition=recognition, catalogue=CatalogueService(holder, settings),
+                         jobs=jobs)
+        holder.watch()  # follow the bundle on disk: versions other replicas write
         try:
             yield
         finally:
+            holder.close()
+            jobs.close()
             recognition.close()
 
     clients = ClientResolver(settings.trusted_proxies, settings.forwarded_header)
@@ -73,7 +79,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True,
         lifespan=[lifespan],
         state=State({"settings": settings, "metrics": metrics, "clients": clients,
                      "admin_throttle": AdminThrottle(clients, settings.admin_failures_per_minute)}),
-        dependencies={name: _provider(name) for name in ("holder", "recognition", "catalogue", "settings")},
+        dependencies={name: _provider(name) for name in ("holder", "recognition", "catalogue", "settings",
+                                                                  "jobs")},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
         cors_config=cors,

@@ -54,6 +54,8 @@ STATUS_BY_CODE = {
     "too_few_features": 422,
     "method_unavailable": 422,  # a similarity method or segment space the bundle holds no data for
     "overloaded": 503,
+    "bad_collection": 400,  # an uploaded import CSV that cannot be read
+    "bad_import_path": 400,  # an import CSV naming an image outside the import root
 }
 
 # Litestar status → our code.

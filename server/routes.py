@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import anyio
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
@@ -30,6 +31,7 @@ from artlens.recognition.burst import MAX_FRAMES
 
 from . import schemas
 from .errors import ServiceError
+from .jobs import JobService
 from .prometheus import CONTENT_TYPE
 from .services import CatalogueService, IndexHolder, RecognitionService
 from .settings import Settings
@@ -43,6 +45,7 @@ Holder = NamedDependency[IndexHolder]
 RecognitionServiceDep = NamedDependency[RecognitionService]
 Catalogue = NamedDependency[CatalogueService]
 Config = NamedDependency[Settings]
+Jobs = NamedDependency[JobService]
 SimilarCount = Annotated[int, QueryParameter(ge=1, le=50)]  # k of the similarity routes
 _BINARY = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
 
@@ -79,6 +82,15 @@ class AddArtworkOperation(Operation):
                         "metadata": Schema(type=OpenAPIType.STRING,
                                            description='JSON object of strings, e.g. {"title": "…", "creator": "…"};'
                                                        " other text fields are metadata too")}))})
+
+
+@dataclass
+class ImportOperation(Operation):
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(required=True, description=(
+            "A collection CSV (`object_id,image,…metadata`) whose `image` column holds paths relative to the"
+            " server's import root (ARTLENS_IMPORT_ROOT)."), content={
+            "text/csv": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))})
 
 
 # -- auth ---------------------------------------------------------------------------------------------------------
@@ -311,6 +323,24 @@ async def reload_index(holder: Holder, recognition: RecognitionServiceDep,
     return schemas.ReloadResponse(state.bundle.path.name, state.version, len(state.rows), previous)
 
 
+@post("/v1/jobs/import", guards=[require_api_key], operation_class=ImportOperation, status_code=202,
+      tags=["admin"], security=ADMIN_SECURITY,
+      summary="Import many artworks from a CSV as a background job (one new bundle version)")
+async def start_import(request: Request, jobs: Jobs) -> schemas.Job:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "text/csv":
+        raise ServiceError("unsupported_media_type", f"Content-Type {ctype or '(none)'!r}: send the CSV as text/csv",
+                           415)
+    body = await request.body()
+    return schemas.Job.from_snapshot(await anyio.to_thread.run_sync(jobs.start_import, body))
+
+
+@get("/v1/jobs/{job_id:str}", guards=[require_api_key], tags=["admin"], security=ADMIN_SECURITY,
+     sync_to_thread=False, summary="A background job's progress (jobs live in the replica that runs them)")
+def job_status(jobs: Jobs, job_id: FromPath[str]) -> schemas.Job:
+    return schemas.Job.from_snapshot(jobs.get(job_id))
+
+
 # -- operations ---------------------------------------------------------------------------------------------------
 @get("/health", tags=["operations"], sync_to_thread=False, summary="Liveness")
 def health() -> schemas.Health:
@@ -340,5 +370,5 @@ def web_page() -> File:
 
 
 ROUTES = [recognize, list_artworks, get_artwork, artwork_image, similar_artworks, artwork_segments, similar_segments,
-          add_artwork, delete_artwork,
+          add_artwork, delete_artwork, start_import, job_status,
           reload_index, health, ready, metrics, web_page]

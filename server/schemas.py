@@ -185,6 +185,30 @@ class Ready(msgspec.Struct):
     queue_depth: int
 
 
+class SkippedRow(msgspec.Struct):
+    line: int  # the CSV line (the header is line 1)
+    reason: str
+
+
+class Job(msgspec.Struct):
+    """A bulk import job of this replica (GET /v1/jobs/{id})."""
+
+    id: str
+    status: str  # queued | running | done | failed
+    rows_total: int  # data rows in the CSV
+    rows_done: int  # rows read or skipped so far
+    added: int  # artworks in the version the job wrote (0 until it is written)
+    skipped: list[SkippedRow]
+    bundle_version: int | None  # the version the job wrote; null until done
+    error: str | None  # why the job failed
+    created: str
+    finished: str | None
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict) -> Job:
+        return cls(**{**snapshot, "skipped": [SkippedRow(**row) for row in snapshot["skipped"]]})
+
+
 def _quote(object_id: str) -> str:
     from urllib.parse import quote
 

@@ -1,6 +1,7 @@
 """The service layer that routes call; the bundle, model and recognizer load once at start-up and are shared.
 
-:class:`IndexHolder` swaps the served :class:`IndexState` atomically (a request finishes on the snapshot it read);
+:class:`IndexHolder` (server/index_holder.py) swaps the served :class:`IndexState` atomically (a request finishes
+on the snapshot it read) and follows the bundle on disk;
 :class:`RecognitionService` runs recognitions in a bounded thread pool (then 503 + Retry-After), micro-batching
 their ONNX forwards; :class:`CatalogueService` serves browsing, renditions and similarity.
 """
@@ -11,7 +12,6 @@ import asyncio
 import contextvars
 import functools
 import hashlib
-import json
 import logging
 import math
 import random
@@ -19,147 +19,26 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 from artlens.embedder import Embedder
-from artlens.errors import ArtlensError, BundleError, ModelError
-from artlens.imaging import DecodeBudget, DecodeBusy, release_memory
+from artlens.errors import ArtlensError
+from artlens.imaging import DecodeBusy, release_memory
 from artlens.indexing import incremental
 from artlens.indexing.collection import fetch_bytes
 from artlens.indexing.store import renditions
-from artlens.indexing.store.bundle import Bundle, load_bundle
 from artlens.recognition.batching import MicroBatcher
 from artlens.recognition.burst import recognize_burst
 from artlens.recognition.filters import allowed_rows
-from artlens.recognition.recognizer import Recognizer
-from artlens.recognition.settings import RecognitionSettings
 
 from . import schemas
 from .errors import Overloaded, ServiceError
+from .index_holder import IndexHolder, IndexState
 from .prometheus import Metrics
 from .settings import Settings
 
+__all__ = ["CatalogueService", "IndexHolder", "IndexState", "RecognitionService"]
+
 log = logging.getLogger("artlens.server")
-
-
-@dataclass(frozen=True)
-class IndexState:
-    """One loaded bundle version with its recognizer: never mutated, replaced as a whole."""
-
-    recognizer: Recognizer
-
-    @property
-    def bundle(self) -> Bundle:
-        return self.recognizer.bundle
-
-    @property
-    def rows(self) -> dict[str, int]:
-        """object_id → bundle row."""
-        return self.bundle.rows
-
-    @property
-    def version(self) -> int:
-        return incremental.bundle_version(self.bundle)
-
-    @property
-    def settings(self) -> RecognitionSettings:
-        return self.recognizer.settings
-
-    @functools.cached_property
-    def bundle_id(self) -> str:
-        """16 hex digits over the bundle's file checksums: differs whenever any of its data differs."""
-        checksums = json.dumps(self.bundle.meta.get("checksums", {}), sort_keys=True).encode()
-        return hashlib.sha256(checksums).hexdigest()[:16]
-
-    def model_info(self) -> schemas.ModelInfo:
-        return schemas.ModelInfo.from_summary(self.recognizer.model_summary, self.settings.shortlist)
-
-    def row(self, object_id: str) -> int:
-        return self.bundle.row(object_id)
-
-
-class IndexHolder:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self._lock = threading.Lock()  # one change (reload/add/delete) at a time
-        self.embedder: Embedder | None = None
-        # Pixels being decoded at once by recognitions and admin adds together (bounded memory).
-        self.decode_budget = DecodeBudget(settings.max_inflight_pixels)
-        self.state = self._load(load_bundle(settings.index))
-        log.info("serving %s (version %d, %d artworks, pretrained: %s)", self.state.bundle.path,
-                 self.state.version, len(self.state.rows), self.state.settings.pretrained)
-
-    def _embedder_for(self, bundle: Bundle) -> Embedder:
-        """The running embedder when the bundle was built with the same model, else that bundle's model."""
-        meta = bundle.meta["model"]
-        current = self.embedder
-        if current is not None and current.info.sha256 == meta.get("sha256") and current.pooling == meta["pooling"]:
-            return current
-        model_dir = Path(self.settings.model or meta.get("model_dir", ""))
-        if not model_dir.is_dir():
-            raise ModelError("the bundle's model directory is not found; set ARTLENS_MODEL to the model it was built"
-                             " with", path=model_dir)
-        try:
-            return Embedder(model_dir, pooling=meta["pooling"])
-        except ModelError as exc:  # its reason may quote ONNX Runtime: the log gets it, a client a summary
-            log.error("model of bundle %s: %s", bundle.path, exc)
-            raise ModelError("the bundle's model cannot be loaded (the server log says why); set ARTLENS_MODEL to a"
-                             " usable copy of the model it was built with", path=model_dir) from None
-
-    def _load(self, bundle: Bundle) -> IndexState:
-        embedder = self._embedder_for(bundle)
-        recognizer = Recognizer(bundle, embedder=embedder, config={"top_k": self.settings.default_top_k,
-                                                                   "shortlist": self.settings.shortlist})
-        state = IndexState(recognizer)
-        self.embedder = embedder
-        self.metrics.bundle_version.set(state.version)
-        self.metrics.artworks.set(len(state.rows))
-        return state
-
-    def reload(self, path: str | None) -> tuple[int, IndexState]:
-        """Load (and fully check) a bundle, then swap it in; on any error the current one keeps serving."""
-        with self._lock:
-            previous = self.state.version
-            target = Path(path) if path else self.state.bundle.path
-            try:
-                self.state = self._load(load_bundle(target))
-            except ArtlensError:
-                raise
-            except Exception:  # data no check foresaw: still a bundle this server cannot use
-                log.exception("reload of %.300s failed", target)
-                raise BundleError("the bundle could not be loaded (the log has the details); the current index"
-                                  " keeps serving") from None
-            log.info("reloaded %s: version %d → %d", target, previous, self.state.version)
-            return previous, self.state
-
-    def add(self, object_id: str, image: bytes, metadata: dict[str, str], extension: str) -> IndexState:
-        with self._lock:
-            state = self.state
-            try:
-                bundle = incremental.add_artwork(state.bundle, state.recognizer.embedder, object_id, image, metadata,
-                                                 extension=extension, max_pixels=self.settings.max_pixels,
-                                                 max_bytes=self.settings.max_image_bytes, budget=self.decode_budget)
-            except DecodeBusy as exc:
-                raise Overloaded(5, str(exc)) from None
-            self.state = self._load(bundle)
-            log.info("added artwork %s (version %d)", object_id, self.state.version)
-            if bundle.segments is not None:
-                log.warning("added artwork %s has no SAM segments (the service runs no SAM model); rebuild the"
-                            " bundle with --segments to segment it", object_id)
-            return self.state
-
-    def delete(self, object_id: str) -> tuple[IndexState, int | None]:
-        """Remove an artwork; returns the new state and how many segments went with it (None: no segments)."""
-        with self._lock:
-            row = self.state.row(object_id)
-            segments = self.state.bundle.segments
-            removed = None if segments is None else len(segments.of_artwork(row))
-            self.state = self._load(incremental.remove_artwork(self.state.bundle, object_id))
-            log.info("deleted artwork %s (version %d, %s segments removed)", object_id, self.state.version,
-                     "no" if removed is None else removed)
-            return self.state, removed
 
 
 class RecognitionService:
@@ -288,6 +167,17 @@ class CatalogueService:
         A stored image that is missing or damaged is the server's fault: 500 ``image_unavailable``, with the
         file named in the log and never in the answer."""
         state = self.holder.state
+        try:
+            return self._rendition(state, object_id, size)
+        except ServiceError:
+            # Another process may have replaced the bundle directory this snapshot reads its files from (a
+            # deleted artwork's rendition goes with its version): answer from the version now on disk.
+            fresh = self.holder.newer_state(state)
+            if fresh is None:
+                raise
+            return self._rendition(fresh, object_id, size)
+
+    def _rendition(self, state: IndexState, object_id: str, size: int) -> tuple[bytes, str]:
         bundle = state.bundle
         row = state.row(object_id)
         stored = bundle.artworks[row].get("rendition")

@@ -65,6 +65,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shortlist: str = "auto"
     rendition_sizes: list[int] = msgspec.field(default_factory=lambda: [128, 256, 512, 1024])
     rendition_cache: int = 256  # encoded renditions kept in memory
+    # Replicas (docs/service.md, "Replicas"): seconds between checks of the bundle on disk for a version another
+    # process wrote (0: never; POST /v1/index/reload still works).
+    watch_interval: float = 1.0
+    # Directory the CSV of POST /v1/jobs/import names its images in (relative paths only); empty: import is off.
+    import_root: str = ""
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -77,6 +82,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise SettingsError(f"ARTLENS_MAX_PIXELS must be between 1 and {DECODE_PIXEL_CAP}")
         if self.max_inflight_pixels < 1:
             raise SettingsError("ARTLENS_MAX_INFLIGHT_PIXELS must be ≥ 1")
+        if not 0 <= self.watch_interval <= 3600:
+            raise SettingsError("ARTLENS_WATCH_INTERVAL must be between 0 (off) and 3600 seconds")
         if self.shortlist not in SHORTLIST_MODES:
             raise SettingsError(f"ARTLENS_SHORTLIST must be one of {', '.join(SHORTLIST_MODES)}")
         self._check_edge()

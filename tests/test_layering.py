@@ -155,7 +155,7 @@ def test_the_scan_sees_the_imports():
     by_module = {s.module: s for s in SOURCES}
     build = {i.module for i in by_module["artlens.indexing.build"].imports}
     assert {"artlens.verification", "artlens.embedder", "artlens.indexing.bundle_writer",
-            "artlens.indexing.store.bundle", "artlens.indexing.store.vlad", "cv2"} <= build
+            "artlens.indexing.store.bundle", "artlens.indexing.vlad_index", "cv2"} <= build
     recognizer = {i.module for i in by_module["artlens.recognition.recognizer"].imports}
     assert {"artlens.indexing.store.bundle", "artlens.indexing.store.vlad",
             "artlens.recognition.confidence"} <= recognizer
@@ -217,10 +217,12 @@ def test_stage_imports_follow_the_pipeline(stage):
 
 
 # What the online stages may use of indexing: the index store (the read/search side of a bundle); the server also
-# the admin changes and the object-id rules. Builders (build, SAM, training, bundle writing) stay offline.
+# the admin changes (one artwork, a bulk import, the writers' lock) and the object-id rules. Builders (build, SAM,
+# training, bundle writing) stay offline.
 INDEXING_FOR = {
     "recognition": ("artlens.indexing.store",),
-    "server": ("artlens.indexing.store", "artlens.indexing.incremental", "artlens.indexing.collection"),
+    "server": ("artlens.indexing.store", "artlens.indexing.incremental", "artlens.indexing.collection",
+               "artlens.indexing.bulk_import", "artlens.indexing.bundle_lock"),
 }
 STORE = "artlens.indexing.store"
 

@@ -136,12 +136,14 @@ def index_votes(
 ) -> None:
     """Add (or rebuild) the descriptor-vote index of a bundle built without one; no image is decoded again."""
     from artlens.calibration.calibrate import calibrate_bundle
+    from artlens.indexing.bundle_lock import bundle_lock
     from artlens.indexing.incremental import add_vote_index
     from artlens.indexing.store.bundle import load_bundle
 
     with errors(), progress() as bars:
         task = bars.add_task("vote index", total=None)
-        bundle = add_vote_index(load_bundle(index))
+        with bundle_lock(index):  # serve processes on this bundle may be writing too
+            bundle = add_vote_index(load_bundle(index))
         bars.update(task, completed=1, total=1)
         if calibrate:
             task = bars.add_task("calibration", total=None)
@@ -159,10 +161,11 @@ def index_renditions(
 ) -> None:
     """Store a reference-image rendition for every artwork that has none (bundles built before renditions), read
     from the source images recorded at build time, so the service needs nothing outside the bundle."""
+    from artlens.indexing.bundle_lock import bundle_lock
     from artlens.indexing.incremental import add_renditions
     from artlens.indexing.store.bundle import load_bundle
 
-    with errors():
+    with errors(), bundle_lock(index):  # serve processes on this bundle may be writing too
         before = load_bundle(index)
         missing = sum(1 for art in before.artworks if not art.get("rendition"))
         if not missing:
