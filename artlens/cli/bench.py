@@ -302,3 +302,40 @@ def bench_features(
     out.print(comparison_markdown(result), soft_wrap=True, highlight=False)
     for path in write_comparison(result, out_dir).values():
         console.print(f"wrote {path}")
+
+
+@bench_app.command("scale")
+def bench_scale(
+    model: Annotated[Path, typer.Option(help="DINOv2 model directory every bundle is built with.")],
+    sizes: Annotated[str, typer.Option(help="Comma-separated collection sizes (the 91 SMVS references plus"
+                                            " distractors); the 91 alone is always measured as the baseline.")]
+    = "1000,10000",
+    work: Annotated[Path, typer.Option(help="Folder for distractor images, collections and bundles (kept: a later"
+                                            " run measures without rebuilding).")] = Path("out/scale"),
+    debian_root: Annotated[Path | None, typer.Option(help="Debian wallpapers unpacked by"
+                                                          " scripts/fetch-distractors.sh (real distractors).")]
+    = None,
+    scaling_artworks: Annotated[int, typer.Option(min=0, help="Artworks built with 1 and 2 workers for the build"
+                                                               " throughput (0: skip).")] = 1000,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Measure a real `artlens serve`'s RSS.")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
+) -> None:
+    """Precision@1, FPR, shortlist recall (compressed and not), latency, serve RSS, bundle size and build time as
+    distractor artworks join the SMVS references; build throughput with 1 and 2 workers."""
+    from artlens.eval.scale_bench import run_scale_bench
+
+    with errors():
+        try:
+            wanted = sorted({int(s) for s in sizes.split(",") if s.strip()})
+        except ValueError:
+            raise ArtlensError(f"--sizes must be comma-separated whole numbers, not {sizes!r}") from None
+        if not wanted or wanted[0] <= 91:
+            raise ArtlensError("--sizes must be above 91 (the SMVS references, measured as the baseline anyway)")
+        result = run_scale_bench(model, wanted, work, debian_root=debian_root, scaling_artworks=scaling_artworks,
+                                 serve=serve, progress=lambda text: console.print(text, highlight=False))
+    for row in [result["baseline"], *result["sizes"]]:
+        console.print(f"{row['size']:>7} artworks: P@1 {row['precision_at_1']}, recall {row['recall']}, FPR"
+                      f" {row['false_positive_rate']}, shortlist {row['shortlist_recall']} (uncompressed"
+                      f" {row['shortlist_recall_uncompressed']}), p50 {row['latency_ms']['p50']:.0f} ms,"
+                      f" RSS {row.get('serve_rss_mb')} MB, {row['bundle_mb']} MB", highlight=False)
+    _write_result(json_out, result)

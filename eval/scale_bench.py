@@ -1,0 +1,189 @@
+"""`artlens bench scale`: precision, shortlist recall, latency and memory as the collection grows.
+
+Each size is a collection of the 91 SMVS references plus distractor artworks (eval/distractors.py) built through
+the real build path (``build_calibrated_bundle``: shards, Ray above its row threshold, merge, calibration). The
+queries are the SMVS photos (46 of an artwork, 50 of no artwork). For a bundle whose vote index is compressed, the
+same photos are also run on an uncompressed (SQ8) vote index of the same bundle, so the compression's cost is
+measured at the same size. Serve RSS is read from a real `artlens serve` process after it answered every photo.
+Built bundles are kept in ``work`` with their build record, so a later run measures without rebuilding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from artlens.calibration.calibrate import build_calibrated_bundle
+from artlens.calibration.queries import read_queries
+from artlens.indexing.build import build_bundle
+from artlens.indexing.descriptor_votes import build_vote_index
+from artlens.indexing.store.bundle import load_bundle
+from artlens.recognition.recognizer import Recognizer
+
+from .bench import describe_machine
+from .datasets import shared_dataset
+from .distractors import real_sources, write_collection, write_distractors
+from .evaluate import evaluate
+from .loadtest import ServerProcess
+
+Progress = Callable[[str], None]
+UNCOMPRESSED_VOTES = {"encoding": "SQ8", "quantizer": "flat"}
+
+
+def _status_mb(pid: int) -> dict[str, float]:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            values[key] = round(int(rest.split()[0]) / 1024, 1)
+    return values
+
+
+def _dir_mb(path: Path) -> float:
+    return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)
+
+
+def build_size(model: Path, size: int, work: Path, sources: list, references: Path, *, progress: Progress) -> dict:
+    """The bundle of ``size`` artworks in ``work``, built unless its record says it was; returns the record."""
+    out, record_path = work / f"bundle-{size}", work / f"bundle-{size}.build.json"
+    if record_path.is_file() and out.is_dir():
+        return json.loads(record_path.read_text())
+    references_count = len(_object_ids(references))
+    distractors = write_distractors(sources, size - references_count, work / "distractors")
+    collection = write_collection(work / f"collection-{size}.csv", references, distractors)
+    progress(f"building {size} artworks")
+    started = time.perf_counter()
+    report = build_calibrated_bundle(model, collection, out)
+    seconds = time.perf_counter() - started
+    real = sum(1 for d in distractors if not d["source"].startswith("collage"))
+    record = {"size": size, "indexed": report.indexed, "skipped": len(report.skipped), "build_s": round(seconds, 1),
+              "build_s_per_artwork": round(seconds / max(report.indexed, 1), 4),
+              "distractors": {"real_images": real, "collages": len(distractors) - real}}
+    record_path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _object_ids(collection_csv: Path) -> list[str]:
+    from artlens.indexing.collection import read_collection
+
+    return [row.object_id for row in read_collection(collection_csv).rows]
+
+
+def measure_size(bundle_dir: Path, queries: Path, *, progress: Progress) -> dict:
+    """Recognition metrics of the SMVS photos on one bundle (and on its uncompressed vote index where the bundle's
+    is compressed), and the bundle's footprint."""
+    bundle = load_bundle(bundle_dir)
+    votes = bundle.meta.get("votes") or {}
+    progress(f"{len(bundle.artworks)} artworks: recognising the photos")
+    report = evaluate(Recognizer(bundle), queries)
+    row = _metrics(report)
+    row.update(size=len(bundle.artworks), votes_factory=votes.get("factory"),
+               bundle_mb=_dir_mb(bundle_dir), footprint=_footprint_summary(bundle.meta))
+    row["shortlist_recall_uncompressed"] = row["shortlist_recall"]
+    if votes and not votes.get("factory", "").endswith(",SQ8"):
+        progress(f"{len(bundle.artworks)} artworks: the same photos on an uncompressed vote index")
+        exact, _ = build_vote_index(bundle.features, UNCOMPRESSED_VOTES)
+        uncompressed = evaluate(Recognizer(dataclasses.replace(bundle, votes=exact)), queries)
+        row["uncompressed"] = _metrics(uncompressed)
+        row["shortlist_recall_uncompressed"] = row["uncompressed"]["shortlist_recall"]
+        del exact
+    return row
+
+
+def _metrics(report: dict) -> dict:
+    keys = ("precision_at_1", "recall", "false_positive_rate", "shortlist_recall", "n_match_queries",
+            "n_nomatch_queries", "n_errors", "threshold")
+    return {**{k: report[k] for k in keys},
+            "latency_ms": {"p50": report["latency_ms"]["p50"], "p95": report["latency_ms"]["p95"]}}
+
+
+def _footprint_summary(meta: dict) -> dict:
+    footprint = meta.get("footprint") or {}
+    if not footprint:
+        return {}
+    return {"ram_kb_per_artwork": round(footprint["per_artwork"]["ram_bytes"] / 1024, 1),
+            "disk_kb_per_artwork": round(footprint["per_artwork"]["disk_bytes"] / 1024, 1),
+            "fixed_ram_mb": round(footprint["fixed"]["ram_bytes"] / 2**20, 1),
+            "ram_mb": round(footprint["total"]["ram_bytes"] / 2**20, 1),
+            "components_ram_kb_per_artwork": {c["name"]: round(c["ram_per_artwork"] / 1024, 2)
+                                              for c in footprint["components"] if c.get("ram_per_artwork")}}
+
+
+def serve_rss(bundle_dir: Path, photos: list[Path], *, progress: Progress) -> dict:
+    """RSS of `artlens serve` on the bundle after it answered every photo once (one client, no batching)."""
+    progress(f"serving {bundle_dir.name}")
+    with ServerProcess(bundle_dir, None, False, "scale-bench-key", {}) as server:
+        ready = _status_mb(server.proc.pid)
+        with httpx.Client(base_url=server.url, timeout=300) as http:
+            statuses = [http.post("/v1/recognize", files={"image": (p.name, p.read_bytes(), "image/jpeg")}
+                                  ).status_code for p in photos]
+        after = _status_mb(server.proc.pid)
+    return {"serve_rss_mb": after.get("VmRSS"), "serve_peak_rss_mb": after.get("VmHWM"),
+            "serve_rss_ready_mb": ready.get("VmRSS"), "serve_rss_anon_mb": after.get("RssAnon"),
+            "serve_rss_file_mb": after.get("RssFile"), "serve_non_200": sum(s != 200 for s in statuses)}
+
+
+def build_scaling(model: Path, collection: Path, count: int, work: Path, *, progress: Progress) -> dict:
+    """Artworks per second of the whole build (shards and merge, no calibration) of the first ``count`` rows,
+    in this process (``--workers 1``) and on a local Ray with two workers (``--workers 2``)."""
+    lines = collection.read_text(encoding="utf-8").splitlines(keepends=True)
+    subset = work / f"scaling-{count}.csv"
+    subset.write_text("".join(lines[: count + 1]), encoding="utf-8")
+    rates = {}
+    for workers in (1, 2):
+        out = work / f"scaling-{count}-w{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        progress(f"build throughput, {workers} worker(s), {count} artworks")
+        started = time.perf_counter()
+        report = build_bundle(model, subset, out, workers=workers)
+        rates[workers] = report.indexed / (time.perf_counter() - started)
+        shutil.rmtree(out, ignore_errors=True)
+    return {"artworks": count, "workers_1_artworks_per_s": round(rates[1], 2),
+            "workers_2_artworks_per_s": round(rates[2], 2), "speedup": round(rates[2] / rates[1], 2),
+            "workers_1": "in process", "workers_2": "local Ray, 2 shard workers"}
+
+
+def run_scale_bench(model: Path, sizes: list[int], work: Path, *, debian_root: Path | None,
+                    scaling_artworks: int = 1000, serve: bool = True, progress: Progress = print) -> dict:
+    smvs = shared_dataset("smvs-museum")
+    work.mkdir(parents=True, exist_ok=True)
+    sources = real_sources(debian_root)
+    references = len(_object_ids(smvs.collection))
+    photos = [photo for _, photo, _ in read_queries(smvs.queries)]
+    rows = []
+    for size in [references, *sorted(sizes)]:
+        record = build_size(model, size, work, sources, smvs.collection, progress=progress)
+        row = {**measure_size(work / f"bundle-{size}", smvs.queries, progress=progress),
+               "build_s_per_artwork": record["build_s_per_artwork"], "build": record}
+        if serve:
+            row.update(serve_rss(work / f"bundle-{size}", photos, progress=progress))
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["latency_p50_vs_91"] = round(row["latency_ms"]["p50"] / base["latency_ms"]["p50"], 2)
+    if serve and len(rows) > 1:
+        small, large = rows[0], rows[-1]
+        slope = (large["serve_rss_mb"] - small["serve_rss_mb"]) * 1024 / max(large["size"] - small["size"], 1)
+        ram_slope = {"from": small["size"], "to": large["size"], "kb_per_artwork": round(slope, 1)}
+    else:
+        ram_slope = None
+    scaling = None
+    if scaling_artworks:
+        scaling = build_scaling(model, work / f"collection-{max(sizes)}.csv", scaling_artworks, work,
+                                progress=progress)
+    return {"machine": describe_machine(), "queries": str(smvs.queries), "baseline": base,
+            "sizes": rows[1:], "serve_rss_per_artwork": ram_slope, "build_scaling": scaling,
+            "distractor_sources": _source_counts(sources)}
+
+
+def _source_counts(sources: list) -> list[dict]:
+    counts: dict[tuple[str, str], int] = {}
+    for s in sources:
+        counts[(s.origin, s.licence)] = counts.get((s.origin, s.licence), 0) + 1
+    return [{"origin": o, "licence": lic, "images": n} for (o, lic), n in counts.items()]

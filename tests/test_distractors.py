@@ -1,0 +1,75 @@
+"""Distractor artworks of the scale benchmark: real images kept once and only when they can be indexed, collages
+that are the same image for the same number, and collections that name every image's source and licence."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artlens.eval.distractors import collage, real_sources, write_collection, write_distractors
+
+from .conftest import SMVS, needs_shared
+
+
+def _debian_root(tmp_path, images: dict[str, Image.Image | str]):
+    """A fake unpacked package: files under usr/share/backgrounds and the package's file list."""
+    root = tmp_path / "debian"
+    folder = root / "usr" / "share" / "backgrounds"
+    folder.mkdir(parents=True)
+    for name, image in images.items():
+        if isinstance(image, str):
+            shutil.copy(image, folder / name)
+        else:
+            image.save(folder / name)
+    (root / "mate-backgrounds.list").write_text("".join(f"/usr/share/backgrounds/{n}\n" for n in images))
+    return root
+
+
+@needs_shared
+def test_real_sources_keep_each_picture_once_and_only_pictures_with_detail(tmp_path):
+    gradient = Image.fromarray(np.tile(np.linspace(0, 255, 600, dtype=np.uint8), (400, 1))).convert("RGB")
+    root = _debian_root(tmp_path, {"a.jpg": str(SMVS / "reference" / "001.jpg"),
+                                   "a-copy.jpg": str(SMVS / "reference" / "001.jpg"),  # the same picture again
+                                   "b.jpg": str(SMVS / "reference" / "002.jpg"),
+                                   "plain.png": gradient,  # a gradient wallpaper: no features to index
+                                   "icon.png": Image.new("RGB", (64, 64))})
+    sources = [s for s in real_sources(root, shared=tmp_path) if s.origin.startswith("Debian")]
+    names = [s.path.name for s in sources]
+    assert len(names) == 2 and names[1] == "b.jpg" and names[0] in ("a.jpg", "a-copy.jpg")
+    assert {s.licence for s in sources} == {"GPL-2+"}
+
+
+@needs_shared
+def test_collages_are_reproducible_and_name_their_sources(tmp_path):
+    root = _debian_root(tmp_path, {f"{n}.jpg": str(SMVS / "reference" / f"{n}.jpg")
+                                   for n in ("001", "002", "003", "004", "005")})
+    sources = [s for s in real_sources(root, shared=tmp_path) if s.origin.startswith("Debian")]
+    one, used = collage(sources, 7, seed=0)
+    again, used_again = collage(sources, 7, seed=0)
+    assert used == used_again and 2 <= len(used) <= 4 and len(set(used)) == len(used)
+    assert np.array_equal(np.asarray(one), np.asarray(again))
+    assert not np.array_equal(np.asarray(one), np.asarray(collage(sources, 8, seed=0)[0]))
+    assert max(one.size) <= 800
+
+    rows = write_distractors(sources, 8, tmp_path / "work")
+    assert [r["object_id"] for r in rows] == [f"distractor-{i:06d}" for i in range(8)]
+    assert all("collage of Debian mate-backgrounds" in r["source"] for r in rows[5:])
+    assert Image.open(rows[7]["image"]).size == one.size  # collage 7, drawn as above
+    # a second run finds the collages on disk and describes them the same way
+    assert write_distractors(sources, 8, tmp_path / "work") == rows
+
+    collection = write_collection(tmp_path / "c.csv", SMVS / "collection.csv", rows)
+    with open(collection, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 91 + 8 and table[0]["source"] == "reference" and table[-1]["licence"] == "GPL-2+"
+
+
+def test_too_few_real_images_is_a_clear_error(tmp_path):
+    from artlens.errors import CollectionError
+
+    with pytest.raises(CollectionError, match="only 0 real distractor images"):
+        write_distractors([], 10, tmp_path)
