@@ -37,16 +37,17 @@ def collect_evidence(recognizer: Recognizer, photos: Iterable[LabelledPhoto], to
     per_photo = []
     for done, photo in enumerate(photos, start=1):
         analysis = recognizer.analyse(photo.source, top_k=top_k, name=photo.name)
-        candidates = list(analysis.candidates)
+        candidates = [c for c in analysis.candidates if c.row not in photo.related]
+        shortlist_length = len(candidates)
         # A shortlist that missed the artwork still teaches what a correct match looks like: verify it too,
         # so the fit sees positives even when the global descriptor is weak (random-init models).
-        shortlisted = {c.row for c in candidates}
+        shortlisted = {c.row for c in analysis.candidates}
         candidates += [recognizer.evidence(analysis, row, top_k + 1)
                        for row in sorted(photo.expected - shortlisted)]
         if candidates:
             evidence = np.stack([c.vector() for c in candidates])
             correct = np.array([c.row in photo.expected for c in candidates])
-            per_photo.append((evidence, correct, bool(photo.expected), len(analysis.candidates)))
+            per_photo.append((evidence, correct, bool(photo.expected), shortlist_length))
         if progress:
             progress(done, len(photos))
     return per_photo

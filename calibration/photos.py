@@ -21,6 +21,9 @@ class LabelledPhoto:
     source: str | Path | bytes
     expected: frozenset[int]  # bundle rows that are a correct answer; empty = the artwork is not in the bundle
     name: str
+    # Rows made in part of the photographed picture (artworks.json ``sources``: feature-level collages of it):
+    # neither a correct nor a wrong answer, so they are left out of the fit.
+    related: frozenset[int] = frozenset()
 
 
 def simulate_visitor_photo(rgb: np.ndarray, rng: np.random.Generator, out_side: int = 1024) -> bytes:
@@ -82,22 +85,30 @@ MIN_PHOTOS = 64
 
 def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[LabelledPhoto]:
     """``count`` simulated visitor photos of distinct references (all when fewer; a small collection's references
-    again, in order, up to ``MIN_PHOTOS``), each labelled with the rows that show the same image."""
+    again, in order, up to ``MIN_PHOTOS``), each labelled with the rows that show the same image. Only artworks
+    built from an image are photographed (artworks made of features alone have none: eval/feature_distractors.py);
+    the others still take part in every photo's search as wrong candidates."""
     bundle = recognizer.bundle
     rng = np.random.default_rng(seed)
-    n_artworks = len(bundle.artworks)
-    rows = sorted(rng.choice(n_artworks, size=min(count, n_artworks), replace=False).tolist())
+    pictured = [row for row, art in enumerate(bundle.artworks) if art.get("image")]
+    n_artworks = len(pictured)
+    rows = sorted(pictured[i] for i in rng.choice(n_artworks, size=min(count, n_artworks), replace=False).tolist())
     if n_artworks:
         again = max(0, min(count, MIN_PHOTOS) - len(rows))
-        rows += [row for _ in range(-(-again // n_artworks)) for row in range(n_artworks)][:again]
+        rows += [row for _ in range(-(-again // n_artworks)) for row in pictured][:again]
     csv_path = Path(bundle.meta["collection"]["csv"])
+    lent: dict[str, set[int]] = {}  # object id → rows whose content is partly that artwork's
+    for row, art in enumerate(bundle.artworks):
+        for source in art.get("sources", ()):
+            lent.setdefault(source, set()).add(row)
     photos = []
     for row in rows:
         artwork = bundle.artworks[row]
         image = artwork["image"]
         rgb = load_collection_image(csv_path, image, max_side=1600)
         # The same image listed under several ids (prints, duplicates) is a correct answer under each of them.
-        same_image_rows = frozenset(r for r, other in enumerate(bundle.artworks) if other["image"] == image)
+        same_image_rows = frozenset(r for r in pictured if bundle.artworks[r]["image"] == image)
         photos.append(LabelledPhoto(simulate_visitor_photo(rgb, rng), same_image_rows,
-                                    f"simulated photo of {artwork['object_id']}"))
+                                    f"simulated photo of {artwork['object_id']}",
+                                    frozenset(lent.get(artwork["object_id"], ())) - same_image_rows))
     return photos

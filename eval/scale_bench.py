@@ -1,7 +1,8 @@
 """`artlens bench scale`: precision, shortlist recall, latency and memory as the collection grows.
 
 Each size is a collection of the 91 SMVS references plus distractor artworks (eval/distractors.py) built through
-the real build path (``build_calibrated_bundle``: shards, Ray above its row threshold, merge, calibration). The
+the real build path (``build_calibrated_bundle``: shards, Ray above its row threshold, merge, calibration); sizes
+above ``image_limit`` extend that bundle with feature-level distractors (eval/feature_distractors.py). The
 queries are the SMVS photos (46 of an artwork, 50 of no artwork). For a bundle whose vote index is compressed, the
 same photos are also run on an uncompressed (SQ8) vote index of the same bundle, so the compression's cost is
 measured at the same size. Serve RSS is read from a real `artlens serve` process after it answered every photo.
@@ -30,6 +31,7 @@ from .bench import describe_machine
 from .datasets import shared_dataset
 from .distractors import real_sources, write_collection, write_distractors
 from .evaluate import evaluate
+from .feature_distractors import extend_bundle
 from .loadtest import ServerProcess
 
 Progress = Callable[[str], None]
@@ -64,7 +66,28 @@ def build_size(model: Path, size: int, work: Path, sources: list, references: Pa
     real = sum(1 for d in distractors if not d["source"].startswith("collage"))
     record = {"size": size, "indexed": report.indexed, "skipped": len(report.skipped), "build_s": round(seconds, 1),
               "build_s_per_artwork": round(seconds / max(report.indexed, 1), 4),
-              "distractors": {"real_images": real, "collages": len(distractors) - real}}
+              "distractors": {"real_images": real, "collages": len(distractors) - real},
+              "from_images": report.indexed, "from_features": 0}
+    record_path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def extend_size(size: int, image_limit: int, work: Path, *, progress: Progress) -> dict:
+    """The bundle of ``size`` artworks: the ``image_limit`` bundle built from image files, extended by feature-level
+    distractors (eval/feature_distractors.py); built unless its record says it was; returns the record."""
+    out, record_path = work / f"bundle-{size}", work / f"bundle-{size}.build.json"
+    if record_path.is_file() and out.is_dir():
+        return json.loads(record_path.read_text())
+    base = json.loads((work / f"bundle-{image_limit}.build.json").read_text())
+    progress(f"building {size} artworks: {image_limit} from images + {size - image_limit} from features")
+    extended = extend_bundle(work / f"bundle-{image_limit}", out, size)
+    seconds = base["build_s"] + extended["build_s"]
+    record = {"size": size, "indexed": size, "skipped": 0, "build_s": round(seconds, 1),
+              "build_s_per_artwork": round(seconds / size, 4), "from_images": extended["from_images"],
+              "from_features": extended["from_features"], "image_build_s": base["build_s"],
+              "feature_build_s": extended["build_s"],
+              "feature_build_s_per_artwork": round(extended["build_s"] / max(extended["from_features"], 1), 4),
+              "feature_build": extended, "distractors": base["distractors"]}
     record_path.write_text(json.dumps(record, indent=2))
     return record
 
@@ -150,17 +173,29 @@ def build_scaling(model: Path, collection: Path, count: int, work: Path, *, prog
 
 
 def run_scale_bench(model: Path, sizes: list[int], work: Path, *, debian_root: Path | None,
-                    scaling_artworks: int = 1000, serve: bool = True, progress: Progress = print) -> dict:
+                    scaling_artworks: int = 1000, serve: bool = True, image_limit: int = 10000,
+                    progress: Progress = print) -> dict:
+    """Every size up to ``image_limit`` is built from image files; larger ones are the ``image_limit`` bundle
+    extended by feature-level distractors (eval/feature_distractors.py)."""
     smvs = shared_dataset("smvs-museum")
     work.mkdir(parents=True, exist_ok=True)
     sources = real_sources(debian_root)
     references = len(_object_ids(smvs.collection))
     photos = [photo for _, photo, _ in read_queries(smvs.queries)]
     rows = []
+    if max(sizes) > image_limit:  # the bundle the larger ones extend
+        build_size(model, image_limit, work, sources, smvs.collection, progress=progress)
     for size in [references, *sorted(sizes)]:
-        record = build_size(model, size, work, sources, smvs.collection, progress=progress)
+        if size > image_limit:
+            record = extend_size(size, image_limit, work, progress=progress)
+        else:
+            record = build_size(model, size, work, sources, smvs.collection, progress=progress)
         row = {**measure_size(work / f"bundle-{size}", smvs.queries, progress=progress),
-               "build_s_per_artwork": record["build_s_per_artwork"], "build": record}
+               "build_s_per_artwork": record["build_s_per_artwork"], "build": record,
+               "from_images": record.get("from_images", record["indexed"]),
+               "from_features": record.get("from_features", 0)}
+        if size > image_limit:
+            row["feature_build_s"] = record["feature_build_s"]
         if serve:
             row.update(serve_rss(work / f"bundle-{size}", photos, progress=progress))
         rows.append(row)
@@ -175,7 +210,7 @@ def run_scale_bench(model: Path, sizes: list[int], work: Path, *, debian_root: P
         ram_slope = None
     scaling = None
     if scaling_artworks:
-        scaling = build_scaling(model, work / f"collection-{max(sizes)}.csv", scaling_artworks, work,
+        scaling = build_scaling(model, work / f"collection-{min(max(sizes), image_limit)}.csv", scaling_artworks, work,
                                 progress=progress)
     return {"machine": describe_machine(), "queries": str(smvs.queries), "baseline": base,
             "sizes": rows[1:], "serve_rss_per_artwork": ram_slope, "build_scaling": scaling,

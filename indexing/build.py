@@ -148,7 +148,9 @@ def build_bundle(
         shard_dir = staging / shards.SHARD_DIR
         run_shards(context, staging, key, embedder if not use_ray else None, tick, workers=workers,
                    ray_address=ray_address, use_ray=use_ray)
-        merged = shards.load_shards(shard_dir, len(context.plan), feature_config["method"], global_embedding)
+        # Keypoints and descriptors go straight into the bundle's feature files, as memory maps (bounded RAM).
+        merged = shards.load_shards(shard_dir, len(context.plan), feature_config["method"], global_embedding,
+                                    into=staging / "features")
         skipped += merged.skipped
         indexed = _merge_and_write(context, staging, merged, skipped, embedder, shortlist, None, tick)
         if before_commit:

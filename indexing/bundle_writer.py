@@ -48,13 +48,24 @@ def write_bundle_files(staging: Path, meta: dict, artworks: list[dict], embeddin
         faiss.write_index(index, str(staging / "index.faiss"))
     np.save(staging / "vocabulary.npy", vocabulary)
     faiss.write_index(local_index, str(staging / "local_index.faiss"))
-    np.save(staging / "features" / "keypoints.npy", features.keypoints)
-    np.save(staging / "features" / "descriptors.npy", features.descriptors)
+    for name, array in (("keypoints.npy", features.keypoints), ("descriptors.npy", features.descriptors)):
+        if not is_mapped_from(array, staging / "features" / name):  # the merge may have written them there already
+            np.save(staging / "features" / name, array)
     np.save(staging / "features" / "offsets.npy", features.offsets)
     np.save(staging / "features" / "sizes.npy", features.sizes)
     if votes is not None:
         faiss.write_index(votes, str(staging / VOTES_FILE))
     write_meta(staging, meta)
+
+
+def is_mapped_from(array: np.ndarray, path: Path) -> bool:
+    """Whether ``array`` is a memory map of the whole array in the file at ``path`` (saving it there would truncate
+    what it reads)."""
+    filename = getattr(array, "filename", None)
+    if filename is None or not path.exists() or Path(filename).resolve() != path.resolve():
+        return False
+    whole = np.load(path, mmap_mode="r")
+    return whole.shape == array.shape and whole.dtype == array.dtype and whole.offset == array.offset
 
 
 def write_meta(directory: Path, meta: dict) -> None:

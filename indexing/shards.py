@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,32 +208,103 @@ class MergedShards:
     embeddings: np.ndarray | None
 
 
-def load_shards(directory: Path, count: int, method: str, global_embedding: bool) -> MergedShards:
-    """Every shard's artworks and arrays, concatenated in shard order (the collection's row order)."""
+def load_shards(directory: Path, count: int, method: str, global_embedding: bool,
+                into: Path | None = None, head: MergedShards | None = None) -> MergedShards:
+    """Every shard's artworks and arrays, concatenated in shard order (the collection's row order).
+
+    With ``into`` (the staging bundle's ``features`` directory) the keypoints and descriptors are written there
+    shard by shard and the merged features are memory maps of those files: the merge never holds the collection's
+    descriptors in RAM, and the bundle writer keeps the files as they are. Without it they are concatenated in RAM.
+    ``head``: artworks that come before the shards' (an existing bundle's, when it is extended).
+    """
     artworks: list[dict] = []
     skipped: list[tuple[int, str]] = []
-    parts: dict[str, list[np.ndarray]] = {"keypoints": [], "descriptors": [], "sizes": [], "embeddings": []}
+    sizes: list[np.ndarray] = []
+    embeddings: list[np.ndarray] = []
     offsets = [np.zeros(1, np.int64)]
-    flat = 0  # descriptors in the shards so far
+    parts: list[FeaturePart] = []
+    if head is not None:
+        artworks, skipped = list(head.artworks), list(head.skipped)
+        sizes.append(np.asarray(head.features.sizes))
+        if head.embeddings is not None:
+            embeddings.append(np.asarray(head.embeddings))
+        offsets = [np.asarray(head.features.offsets, np.int64)]
+        parts.append(FeaturePart(int(head.features.offsets[-1]),
+                                 lambda: (head.features.keypoints, head.features.descriptors)))
+    flat = int(offsets[0][-1])  # descriptors before the next shard
     for index in range(count):
         manifest = json.loads((directory / f"{index:05d}.json").read_text())
-        with np.load(directory / manifest["npz"]) as arrays:
-            for name in ("keypoints", "descriptors", "sizes"):
-                parts[name].append(arrays[name])
-            offsets.append(arrays["offsets"][1:] + flat)
-            flat += int(arrays["offsets"][-1])
+        npz = directory / manifest["npz"]
+        with np.load(npz) as arrays:
+            shard_offsets = arrays["offsets"]
+            sizes.append(arrays["sizes"])
             if global_embedding and manifest["artworks"]:
-                parts["embeddings"].append(arrays["embeddings"])
+                embeddings.append(arrays["embeddings"])
+        offsets.append(shard_offsets[1:] + flat)
+        flat += int(shard_offsets[-1])
+        parts.append(FeaturePart(int(shard_offsets[-1]), functools.partial(_shard_arrays, npz)))
         artworks.extend(manifest["artworks"])
         skipped.extend((int(line), reason) for line, reason in manifest["skipped"])
-    # A shard without usable rows holds (0, 128) descriptors whatever the method: only filled ones set the width.
-    descriptors = [d for d in parts["descriptors"] if len(d)] or parts["descriptors"][:1]
-    features = ReferenceFeatures(np.concatenate(parts["keypoints"]).astype(np.float32),
-                                 np.concatenate(descriptors).astype(np.uint8),
-                                 np.concatenate(offsets).astype(np.int64),
-                                 np.concatenate(parts["sizes"]).astype(np.int32).reshape(-1, 2), method)
-    embeddings = np.concatenate(parts["embeddings"]).astype(np.float32) if parts["embeddings"] else None
-    return MergedShards(artworks, skipped, features, embeddings)
+    features = concatenate_features(parts, np.concatenate(offsets).astype(np.int64),
+                                    np.concatenate(sizes).astype(np.int32).reshape(-1, 2), method, into)
+    return MergedShards(artworks, skipped, features,
+                        np.concatenate(embeddings).astype(np.float32) if embeddings else None)
+
+
+@dataclass(frozen=True)
+class FeaturePart:
+    """A run of artworks' features to concatenate: ``count`` descriptors, and how to read (keypoints, descriptors)
+    (arrays or memory maps: they are copied a chunk at a time)."""
+
+    count: int
+    read: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+COPY_CHUNK = 1 << 20  # descriptors copied into the feature files at a time
+
+
+def _shard_arrays(npz: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(npz) as arrays:
+        return arrays["keypoints"], arrays["descriptors"]
+
+
+def concatenate_features(parts: list[FeaturePart], offsets: np.ndarray, sizes: np.ndarray, method: str,
+                         into: Path | None = None) -> ReferenceFeatures:
+    """The parts' keypoints and descriptors, in order, under ``offsets`` and ``sizes``: in RAM, or (``into``)
+    written part by part into ``into/keypoints.npy`` and ``into/descriptors.npy`` and returned as read-only memory
+    maps of those files — the same bytes ``np.save`` writes for the in-RAM arrays."""
+    total = sum(part.count for part in parts)
+    if into is None or not total:  # without descriptors there is nothing to map (an empty file cannot be)
+        read = [part.read() for part in parts] or [(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))]
+        # A part without descriptors holds (0, 128) whatever the method: only filled ones set the width.
+        descriptors = [d for _, d in read if len(d)] or [read[0][1]]
+        return ReferenceFeatures(np.concatenate([k for k, _ in read]).astype(np.float32),
+                                 np.concatenate(descriptors).astype(np.uint8), offsets, sizes, method)
+    dim = 128
+    for part in parts:  # the width of the first filled part (read again below; a shard is a few MB)
+        if part.count:
+            dim = int(part.read()[1].shape[1])
+            break
+    into.mkdir(parents=True, exist_ok=True)
+    keypoints = np.lib.format.open_memmap(into / "keypoints.npy", mode="w+", dtype=np.float32, shape=(total, 2))
+    descriptors = np.lib.format.open_memmap(into / "descriptors.npy", mode="w+", dtype=np.uint8, shape=(total, dim))
+    at = 0
+    for part in parts:
+        if not part.count:
+            continue
+        part_keypoints, part_descriptors = part.read()
+        for start in range(0, part.count, COPY_CHUNK):
+            stop = min(part.count, start + COPY_CHUNK)
+            keypoints[at + start:at + stop] = part_keypoints[start:stop]
+            descriptors[at + start:at + stop] = part_descriptors[start:stop]
+        at += part.count
+    if at != total or (len(offsets) and int(offsets[-1]) != total):
+        raise ValueError(f"feature parts hold {at} descriptors, their offsets {int(offsets[-1])}")
+    keypoints.flush()
+    descriptors.flush()
+    del keypoints, descriptors
+    return ReferenceFeatures(np.load(into / "keypoints.npy", mmap_mode="r"),
+                             np.load(into / "descriptors.npy", mmap_mode="r"), offsets, sizes, method)
 
 
 def pack(result: ShardResult) -> bytes:

@@ -181,6 +181,9 @@ class CatalogueService:
         bundle = state.bundle
         row = state.row(object_id)
         stored = bundle.artworks[row].get("rendition")
+        if not stored and not bundle.artworks[row].get("image") and not bundle.artworks[row].get("stored_image"):
+            raise ServiceError("no_image", f"artwork {object_id!r} has no reference image (it was indexed from"
+                               " local features alone)", 404)
         # Stored renditions are named by their content, so the name is a safe cache key across versions.
         key = (stored or f"{bundle.path}#{state.version}#{row}", size)
         with self._lock:

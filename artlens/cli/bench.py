@@ -318,6 +318,9 @@ def bench_scale(
     scaling_artworks: Annotated[int, typer.Option(min=0, help="Artworks built with 1 and 2 workers for the build"
                                                                " throughput (0: skip).")] = 1000,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Measure a real `artlens serve`'s RSS.")] = True,
+    image_limit: Annotated[int, typer.Option(min=92, help="Sizes up to this are built from image files; larger ones"
+                                                          " extend that bundle with feature-level distractors.")]
+    = 10000,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
 ) -> None:
     """Precision@1, FPR, shortlist recall (compressed and not), latency, serve RSS, bundle size and build time as
@@ -332,7 +335,8 @@ def bench_scale(
         if not wanted or wanted[0] <= 91:
             raise ArtlensError("--sizes must be above 91 (the SMVS references, measured as the baseline anyway)")
         result = run_scale_bench(model, wanted, work, debian_root=debian_root, scaling_artworks=scaling_artworks,
-                                 serve=serve, progress=lambda text: console.print(text, highlight=False))
+                                 serve=serve, image_limit=image_limit,
+                                 progress=lambda text: console.print(text, highlight=False))
     for row in [result["baseline"], *result["sizes"]]:
         console.print(f"{row['size']:>7} artworks: P@1 {row['precision_at_1']}, recall {row['recall']}, FPR"
                       f" {row['false_positive_rate']}, shortlist {row['shortlist_recall']} (uncompressed"
