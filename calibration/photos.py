@@ -83,6 +83,43 @@ def phone_effects(img: np.ndarray, rng: np.random.Generator) -> bytes:
 MIN_PHOTOS = 64
 
 
+RELATED_COLUMN = "related"  # collection CSV column: ;-separated ids of artworks this one shows part of
+
+
+def artwork_sources(artwork: dict) -> list[str]:
+    """The ids of the artworks this one is made in part of: artworks.json ``sources`` (feature-level artworks) or
+    the collection's ``related`` column (a detail, a print, a collage of other artworks in the collection)."""
+    if artwork.get("sources"):
+        return list(artwork["sources"])
+    value = (artwork.get("metadata") or {}).get(RELATED_COLUMN) or ""
+    return [part.strip() for part in str(value).split(";") if part.strip()]
+
+
+def related_rows(artworks: list[dict]) -> dict[int, set[int]]:
+    """Row → the other rows sharing picture content with it: the artworks it is made of, those made of it, and
+    those made of the same artworks. A photo of one of them may rightly match the others, so calibration counts
+    such a match neither right nor wrong."""
+    rows = {art["object_id"]: row for row, art in enumerate(artworks)}
+    made_of: dict[int, set[str]] = {}
+    users: dict[str, set[int]] = {}  # object id → rows made in part of it
+    for row, art in enumerate(artworks):
+        sources = set(artwork_sources(art))
+        if sources:
+            made_of[row] = sources
+            for source in sources:
+                users.setdefault(source, set()).add(row)
+    related: dict[int, set[int]] = {}
+    for row, art in enumerate(artworks):
+        ids = made_of.get(row, set()) | {art["object_id"]}
+        linked = {rows[i] for i in made_of.get(row, set()) if i in rows}
+        for i in ids:
+            linked |= users.get(i, set())
+        linked.discard(row)
+        if linked:
+            related[row] = linked
+    return related
+
+
 def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[LabelledPhoto]:
     """``count`` simulated visitor photos of distinct references (all when fewer; a small collection's references
     again, in order, up to ``MIN_PHOTOS``), each labelled with the rows that show the same image. Only artworks
@@ -97,10 +134,7 @@ def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[Labe
         again = max(0, min(count, MIN_PHOTOS) - len(rows))
         rows += [row for _ in range(-(-again // n_artworks)) for row in pictured][:again]
     csv_path = Path(bundle.meta["collection"]["csv"])
-    lent: dict[str, set[int]] = {}  # object id → rows whose content is partly that artwork's
-    for row, art in enumerate(bundle.artworks):
-        for source in art.get("sources", ()):
-            lent.setdefault(source, set()).add(row)
+    related = related_rows(bundle.artworks)
     photos = []
     for row in rows:
         artwork = bundle.artworks[row]
@@ -110,5 +144,5 @@ def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[Labe
         same_image_rows = frozenset(r for r in pictured if bundle.artworks[r]["image"] == image)
         photos.append(LabelledPhoto(simulate_visitor_photo(rgb, rng), same_image_rows,
                                     f"simulated photo of {artwork['object_id']}",
-                                    frozenset(lent.get(artwork["object_id"], ())) - same_image_rows))
+                                    frozenset(related.get(row, ())) - same_image_rows))
     return photos

