@@ -98,7 +98,7 @@ def _object_ids(collection_csv: Path) -> list[str]:
     return [row.object_id for row in read_collection(collection_csv).rows]
 
 
-def measure_size(bundle_dir: Path, queries: Path, *, progress: Progress) -> dict:
+def measure_size(bundle_dir: Path, queries: Path, *, progress: Progress, compare_uncompressed: bool = True) -> dict:
     """Recognition metrics of the SMVS photos on one bundle (and on its uncompressed vote index where the bundle's
     is compressed), and the bundle's footprint."""
     bundle = load_bundle(bundle_dir)
@@ -109,7 +109,7 @@ def measure_size(bundle_dir: Path, queries: Path, *, progress: Progress) -> dict
     row.update(size=len(bundle.artworks), votes_factory=votes.get("factory"),
                bundle_mb=_dir_mb(bundle_dir), footprint=_footprint_summary(bundle.meta))
     row["shortlist_recall_uncompressed"] = row["shortlist_recall"]
-    if votes and not votes.get("factory", "").endswith(",SQ8"):
+    if compare_uncompressed and votes and not votes.get("factory", "").endswith(",SQ8"):
         progress(f"{len(bundle.artworks)} artworks: the same photos on an uncompressed vote index")
         exact, _ = build_vote_index(bundle.features, UNCOMPRESSED_VOTES)
         uncompressed = evaluate(Recognizer(dataclasses.replace(bundle, votes=exact)), queries)
@@ -174,6 +174,7 @@ def build_scaling(model: Path, collection: Path, count: int, work: Path, *, prog
 
 def run_scale_bench(model: Path, sizes: list[int], work: Path, *, debian_root: Path | None,
                     scaling_artworks: int = 1000, serve: bool = True, image_limit: int = 10000,
+                    compare_uncompressed: bool = True,
                     progress: Progress = print) -> dict:
     """Every size up to ``image_limit`` is built from image files; larger ones are the ``image_limit`` bundle
     extended by feature-level distractors (eval/feature_distractors.py)."""
@@ -190,7 +191,8 @@ def run_scale_bench(model: Path, sizes: list[int], work: Path, *, debian_root: P
             record = extend_size(size, image_limit, work, progress=progress)
         else:
             record = build_size(model, size, work, sources, smvs.collection, progress=progress)
-        row = {**measure_size(work / f"bundle-{size}", smvs.queries, progress=progress),
+        row = {**measure_size(work / f"bundle-{size}", smvs.queries, progress=progress,
+                              compare_uncompressed=compare_uncompressed),
                "build_s_per_artwork": record["build_s_per_artwork"], "build": record,
                "from_images": record.get("from_images", record["indexed"]),
                "from_features": record.get("from_features", 0)}

@@ -318,6 +318,9 @@ def bench_scale(
     scaling_artworks: Annotated[int, typer.Option(min=0, help="Artworks built with 1 and 2 workers for the build"
                                                                " throughput (0: skip).")] = 1000,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Measure a real `artlens serve`'s RSS.")] = True,
+    compare_uncompressed: Annotated[bool, typer.Option(
+        "--compare-uncompressed/--no-compare-uncompressed",
+        help="Also run the photos on an uncompressed (SQ8) vote index where the bundle's is compressed.")] = True,
     image_limit: Annotated[int, typer.Option(min=92, help="Sizes up to this are built from image files; larger ones"
                                                           " extend that bundle with feature-level distractors.")]
     = 10000,
@@ -335,7 +338,7 @@ def bench_scale(
         if not wanted or wanted[0] <= 91:
             raise ArtlensError("--sizes must be above 91 (the SMVS references, measured as the baseline anyway)")
         result = run_scale_bench(model, wanted, work, debian_root=debian_root, scaling_artworks=scaling_artworks,
-                                 serve=serve, image_limit=image_limit,
+                                 serve=serve, image_limit=image_limit, compare_uncompressed=compare_uncompressed,
                                  progress=lambda text: console.print(text, highlight=False))
     for row in [result["baseline"], *result["sizes"]]:
         console.print(f"{row['size']:>7} artworks: P@1 {row['precision_at_1']}, recall {row['recall']}, FPR"
