@@ -122,7 +122,7 @@ def measure_size(bundle_dir: Path, queries: Path, *, progress: Progress, compare
 def _metrics(report: dict) -> dict:
     keys = ("precision_at_1", "recall", "false_positive_rate", "shortlist_recall", "n_match_queries",
             "n_nomatch_queries", "n_errors", "threshold")
-    return {**{k: report[k] for k in keys},
+    return {**{k: report[k] for k in keys}, "model": report["model"],  # pretrained: false for random-init weights
             "latency_ms": {"p50": report["latency_ms"]["p50"], "p95": report["latency_ms"]["p95"]}}
 
 
@@ -214,7 +214,7 @@ def run_scale_bench(model: Path, sizes: list[int], work: Path, *, debian_root: P
     if scaling_artworks:
         scaling = build_scaling(model, work / f"collection-{min(max(sizes), image_limit)}.csv", scaling_artworks, work,
                                 progress=progress)
-    return {"machine": describe_machine(), "queries": str(smvs.queries), "baseline": base,
+    return {"machine": describe_machine(), "model": base["model"], "queries": str(smvs.queries), "baseline": base,
             "sizes": rows[1:], "serve_rss_per_artwork": ram_slope, "build_scaling": scaling,
             "distractor_sources": _source_counts(sources)}
 
