@@ -77,6 +77,26 @@ def build_vote_index(features, config: dict | None = None) -> tuple[faiss.Index,
     return index, desc
 
 
+def with_encoding(index: faiss.Index, features, encoding: str = "SQ8") -> tuple[faiss.Index, dict]:
+    """A vote index with the inverted lists (trained coarse quantizer) of ``index`` and another encoding, filled
+    with ``features``: the same votes but for the codes, to measure what a compressed encoding costs without
+    training the lists again (hours at 10⁸ descriptors)."""
+    if encoding != "SQ8":
+        raise ValueError(f"with_encoding supports SQ8, not {encoding!r}")
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.clone_index(ivf.quantizer)  # already of its own type: a downcast would not own it
+    hnsw = "_HNSW32" if isinstance(quantizer, faiss.IndexHNSW) else ""
+    # FAISS's Python layer keeps ``quantizer`` alive as long as the index that uses it.
+    fresh = faiss.IndexIVFScalarQuantizer(quantizer, ivf.d, ivf.nlist, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    n = len(features.descriptors)
+    pick = np.sort(np.random.default_rng(0).choice(n, min(n, 1_000_000), replace=False))
+    fresh.train(np.ascontiguousarray(matching_space(np.asarray(features.descriptors)[pick], features.method),
+                                     np.float32))  # the scalar ranges only: the quantizer is trained
+    _add_all(fresh, features, DEFAULT_CONFIG["add_chunk"])
+    return fresh, {"factory": f"IVF{ivf.nlist}{hnsw},{encoding}", "nlist": int(ivf.nlist), "count": int(fresh.ntotal)}
+
+
 def refill(index: faiss.Index, features) -> faiss.Index:
     """A copy of a trained vote index holding ``features``' descriptors (after rows were removed or added):
     the lists and the encoding stay as trained, only the stored vectors change."""

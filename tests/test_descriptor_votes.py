@@ -204,3 +204,30 @@ def test_compressed_vote_index_still_finds_the_photographed_artwork(recognizer):
                                len(bundle.artworks), 5)
         hits += rows[f"smvs-{number}"] in ranking[:3]
     assert hits >= 5
+
+
+def test_sq8_copy_keeps_the_lists_of_a_compressed_vote_index():
+    """The uncompressed comparison of bench scale: same trained lists (each descriptor lands in the same list),
+    SQ8 codes, every descriptor found again as its own nearest neighbour."""
+    import faiss
+
+    from artlens.indexing.descriptor_votes import build_vote_index, with_encoding
+    from artlens.indexing.store.bundle import ReferenceFeatures
+    from artlens.verification import matching_space
+
+    rng = np.random.default_rng(3)
+    centres = rng.integers(0, 200, (40, 128))
+    descriptors = np.clip(centres[rng.integers(0, 40, 20_000)] + rng.integers(-20, 21, (20_000, 128)), 0, 255)
+    features = ReferenceFeatures(np.zeros((20_000, 2), np.float32), descriptors.astype(np.uint8),
+                                 np.array([0, 10_000, 20_000]), np.array([[100, 100], [100, 100]]), "rootsift")
+    compressed, _ = build_vote_index(features, {"compress_above": 0, "hnsw_above": 0, "nlist": 64})
+    copy, copy_desc = with_encoding(compressed, features)
+    assert copy_desc == {"factory": "IVF64_HNSW32,SQ8", "nlist": 64, "count": 20_000} and copy.code_size == 128
+    queries = np.ascontiguousarray(matching_space(descriptors[:300].astype(np.uint8), "rootsift"), np.float32)
+    lists = [faiss.extract_index_ivf(i).quantizer.search(queries, 1)[1] for i in (compressed, copy)]
+    assert np.array_equal(*lists)
+    del compressed  # the copy owns its own quantizer
+    _, found = copy.search(queries, 1, params=faiss.SearchParametersIVF(nprobe=4))
+    assert (found[:, 0] == np.arange(300)).mean() > 0.95
+    with pytest.raises(ValueError, match="SQ8"):
+        with_encoding(copy, features, "PQ16")
