@@ -8,6 +8,7 @@ way to build a bundle that is calibrated before it is moved into place.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from artlens.config import with_defaults
 from artlens.errors import BundleError
 from artlens.indexing.build import BuildReport, Progress, build_bundle
+from artlens.indexing.bundle_lock import bundle_lock, signature
 from artlens.indexing.bundle_writer import write_meta
 from artlens.indexing.store.bundle import read_meta
 from artlens.recognition.confidence import FEATURE_NAMES, RANDOM_INIT_FEATURES, Calibration
@@ -33,9 +35,13 @@ DEFAULT_CONFIG: dict = {
 
 def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = None,
                      photos: list[LabelledPhoto] | None = None, top_k: int | None = None,
-                     config: dict | None = None, progress: Callable[[int, int], None] | None = None) -> Calibration:
-    """Fit the calibration for the bundle at ``bundle_path`` and write it into its bundle.json."""
+                     config: dict | None = None, progress: Callable[[int, int], None] | None = None,
+                     lock: bool = False) -> Calibration:
+    """Fit the calibration for the bundle at ``bundle_path`` and write it into its bundle.json. With ``lock`` (a
+    bundle that serve processes may write too) the write holds the bundle's exclusive lock, and a bundle that
+    another process replaced during the fit is left alone (BundleError): its calibration would be stale."""
     cfg = with_defaults(DEFAULT_CONFIG, config)
+    fitted_on = signature(bundle_path)
     # The fit sees the first pass alone: the second look at a wall decides what is weak by a calibration.
     recognizer = Recognizer(bundle_path, model_dir, require_calibration=False, config={"walls": {"enabled": False}})
     shortlist_size = recognizer.settings.shortlist_size(top_k)
@@ -54,9 +60,13 @@ def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = 
     calibration = fit_calibration(per_photo, target_fpr=cfg["target_fpr"], l2=cfg["l2"], source=source,
                                   features=features)
     calibration.info["top_k"] = shortlist_size
-    meta = read_meta(Path(bundle_path))
-    meta["calibration"] = calibration.to_json()
-    write_meta(Path(bundle_path), meta)
+    with bundle_lock(bundle_path) if lock else nullcontext():
+        if lock and signature(bundle_path) != fitted_on:
+            raise BundleError(f"{bundle_path}: another process changed the bundle during calibration; the fit is"
+                              " stale and was not written: calibrate again")
+        meta = read_meta(Path(bundle_path))
+        meta["calibration"] = calibration.to_json()
+        write_meta(Path(bundle_path), meta)
     return calibration
 
 

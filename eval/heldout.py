@@ -25,7 +25,7 @@ def calibrate_split(bundle: str | Path, queries: str | Path, *, fraction: float 
     photos = labelled_photos(queries, load_bundle(bundle))
     fit_photos, held_out = split_photos(photos, fraction, seed)
     calibration = calibrate_bundle(bundle, model_dir=model_dir, photos=fit_photos, top_k=top_k,
-                                   config={"target_fpr": target_fpr}, progress=progress)
+                                   config={"target_fpr": target_fpr}, progress=progress, lock=True)
     report = evaluate_photos(Recognizer(bundle, model_dir), held_out, top_k=top_k, source=f"{queries} (held out)")
     info = calibration.info
     return {

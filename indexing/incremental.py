@@ -127,11 +127,12 @@ def append_artworks(bundle: Bundle, artworks: list[dict], features: ReferenceFea
 def add_renditions(bundle: Bundle) -> tuple[Bundle, list[tuple[str, str]]]:
     """Give every artwork without a stored rendition one, read from its recorded source, as the next bundle
     version (bundles built before renditions). Returns it and the (object_id, reason) of artworks whose source
-    could not be read: they keep none, and the service falls back to their recorded source."""
+    could not be read: they keep none, and the service falls back to their recorded source. Artworks without an
+    image (indexed from features alone) have nothing to render and are left as they are."""
     staged: dict[str, bytes] = {}
     artworks, failed = [], []
     for row, art in enumerate(bundle.artworks):
-        if art.get("rendition"):
+        if art.get("rendition") or not (art.get("image") or art.get("stored_image")):
             artworks.append(art)
             continue
         try:

@@ -5,6 +5,7 @@ exported model, extended by 40 artworks made of its distractors' features."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,30 @@ def test_service_answers_for_artworks_without_an_image(extended):
         assert client.get("/v1/artworks/smvs-001/image").status_code == 200
         listing = client.get("/v1/artworks", params={"limit": 100})
         assert listing.status_code == 200
+
+
+def test_renditions_are_added_only_where_there_is_an_image(extended, tmp_path):
+    """`artlens index renditions` on a bundle that also holds artworks without an image: the image artwork that
+    lost its rendition gets one back, the feature-level ones are left as they are and are not reported as failed."""
+    from typer.testing import CliRunner
+
+    from artlens.cli import app
+    from artlens.indexing.bundle_writer import write_meta
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(extended[0], bundle)
+    artworks = json.loads((bundle / "artworks.json").read_text())
+    rendition = artworks[0].pop("rendition")
+    (bundle / "artworks.json").write_text(json.dumps(artworks))
+    write_meta(bundle, read_meta(bundle))
+    result = CliRunner().invoke(app, ["index", "renditions", "--index", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert "1 renditions stored" in " ".join(result.output.split())  # rich wraps long lines
+    after = load_bundle(bundle).artworks
+    assert after[0]["rendition"] == rendition
+    assert all("rendition" not in art for art in after if art["object_id"].startswith("feature-"))
+    again = CliRunner().invoke(app, ["index", "renditions", "--index", str(bundle)])
+    assert again.exit_code == 0 and "nothing to do" in " ".join(again.output.split())
 
 
 def test_same_seed_same_bundle(image_bundle, extended, tmp_path):

@@ -265,3 +265,52 @@ def test_a_replica_loads_a_new_version_only_while_no_writer_holds_the_lock(smvs_
     thread.join(timeout=120)
     assert followed == [True] and replica.state.version == version + 1 and "smvs-017" not in replica.state.rows
     assert not replica.refresh()  # nothing new on disk: nothing loaded
+
+
+def test_calibration_of_a_shared_bundle_waits_for_writers_and_drops_a_stale_fit(smvs_bundle, tmp_path):
+    """`artlens calibrate` on a bundle that replicas write too: the write of the fit waits for a writer holding the
+    lock, and a fit made on a version that another process replaced meanwhile is not written over the new one."""
+    from artlens.calibration.calibrate import calibrate_bundle
+    from artlens.indexing.store.bundle import read_meta
+
+    bundle = copy_bundle(smvs_bundle, tmp_path)
+    before = read_meta(bundle)["counts"]["artworks"]
+    config = {"synthetic_photos": 12}
+    deleted: list[str] = []
+
+    def delete_once(done: int, total: int) -> None:  # another replica's admin write, in the middle of the fit
+        if not deleted:
+            deleted.append("smvs-019")
+            _holder(bundle).delete("smvs-019")
+
+    with pytest.raises(BundleError, match="changed the bundle during calibration"):
+        calibrate_bundle(bundle, config=config, progress=delete_once, lock=True)
+    meta = read_meta(bundle)
+    assert meta["counts"]["artworks"] == before - 1 and meta["calibration"]  # the new version, its calibration kept
+
+    def hold_the_lock(done: int, total: int) -> None:
+        if done == total and not holder.is_alive():
+            holder.start()
+            started.wait(5)
+
+    started, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with bundle_lock(bundle):
+            started.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=writer)
+    finished: list[bool] = []
+    worker = threading.Thread(target=lambda: finished.append(
+        calibrate_bundle(bundle, config=config, progress=hold_the_lock, lock=True) is not None))
+    worker.start()
+    time.sleep(0.5)
+    while not started.is_set() and worker.is_alive():
+        time.sleep(0.1)
+    time.sleep(2.0)  # the fit itself takes a fraction of this
+    assert not finished  # waiting for the writer
+    release.set()
+    worker.join(60)
+    holder.join(10)
+    assert finished == [True]

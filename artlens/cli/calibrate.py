@@ -50,7 +50,7 @@ def calibrate(
         with phase_bar("calibration") as tick:
             calibration = calibrate_bundle(index, model_dir=model, photos=labelled, top_k=top_k,
                                            config={"target_fpr": target_fpr, "synthetic_photos": photos},
-                                           progress=tick)
+                                           progress=tick, lock=True)
     info = calibration.info
     console.print(f"threshold {calibration.threshold:.4f}: FPR {info['fpr_at_threshold']:.3f} (target {target_fpr}),"
                   f" expected recall {info['expected_recall']:.3f}, fitted on {info['source']}", highlight=False)

@@ -148,7 +148,7 @@ def index_votes(
         if calibrate:
             task = bars.add_task("calibration", total=None)
             calibrate_bundle(index, config={"target_fpr": target_fpr, "synthetic_photos": photos},
-                             progress=lambda done, total: bars.update(task, completed=done, total=total))
+                             progress=lambda done, total: bars.update(task, completed=done, total=total), lock=True)
     votes = bundle.meta["votes"]
     console.print(f"[green]bundle[/green] {index}: vote index {votes['factory']} over {votes['count']} descriptors"
                   + ("" if calibrate else "; recalibrate with `artlens calibrate` before recognising"),
@@ -167,10 +167,11 @@ def index_renditions(
 
     with errors(), bundle_lock(index):  # serve processes on this bundle may be writing too
         before = load_bundle(index)
-        missing = sum(1 for art in before.artworks if not art.get("rendition"))
+        missing = sum(1 for art in before.artworks
+                      if not art.get("rendition") and (art.get("image") or art.get("stored_image")))
         if not missing:
-            console.print(f"[green]bundle[/green] {index}: every artwork already has a rendition; nothing to do",
-                          highlight=False)
+            console.print(f"[green]bundle[/green] {index}: every artwork with an image already has a rendition;"
+                          " nothing to do", highlight=False)
             return
         bundle, failed = add_renditions(before)
     if bundle is not before:
