@@ -20,12 +20,14 @@ from .evaluate import evaluate_photos
 
 def calibrate_split(bundle: str | Path, queries: str | Path, *, fraction: float = 0.5, seed: int = 0,
                     target_fpr: float = 0.01, top_k: int | None = None, model_dir: str | Path | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict:
+                    progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+                    ray_address: str | None = None) -> dict:
     """Fit on ``fraction`` of the labelled photos in ``queries`` (written into ``bundle``), measure the rest."""
     photos = labelled_photos(queries, load_bundle(bundle))
     fit_photos, held_out = split_photos(photos, fraction, seed)
     calibration = calibrate_bundle(bundle, model_dir=model_dir, photos=fit_photos, top_k=top_k,
-                                   config={"target_fpr": target_fpr}, progress=progress, lock=True)
+                                   config={"target_fpr": target_fpr}, progress=progress, lock=True,
+                                   workers=workers, ray_address=ray_address)
     report = evaluate_photos(Recognizer(bundle, model_dir), held_out, top_k=top_k, source=f"{queries} (held out)")
     info = calibration.info
     return {

@@ -16,7 +16,8 @@ import json
 import logging
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,34 @@ def _write(item: dict) -> dict:
     return {"summary": json.dumps(summary)}
 
 
+@contextmanager
+def ray_session(workers: int, address: str | None) -> Iterator[None]:
+    """Ray for the stages run inside: the cluster at ``address``, a local Ray started here (``workers`` CPUs and
+    one more: an actor pool holds one for itself, the workers read images beside it), or the Ray already up in
+    this process. Ray Data's own progress bars and logs are off (the CLI draws its own progress)."""
+    require_ray()
+    import ray
+    import ray.data
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, num_cpus=None if address else workers + 1, include_dashboard=False,
+                     log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise ArtlensError(f"cannot start {where}: {exc}") from None
+    try:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def run_on_ray(tasks: list[shards.ShardTask], *, shard_dir: Path, method: str, model_dir: str | Path,
                batch_size: int, workers: int, address: str | None,
                on_shard: Callable[[dict], None], on_start: Callable[[], None] | None = None) -> None:
@@ -88,30 +117,16 @@ def run_on_ray(tasks: list[shards.ShardTask], *, shard_dir: Path, method: str, m
     gets each written shard's summary (index, rows, artworks, skipped) as it completes, in completion order;
     ``on_start`` runs once Ray is up (progress counts from there)."""
     require_ray()
-    import ray
-    import ray.data
-
     if not tasks:
         if on_start is not None:
             on_start()
         return
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            # A local Ray gets one CPU more than the workers: the embedding actor holds one for itself, and the
-            # workers read images beside it.
-            ray.init(address=address, num_cpus=None if address else workers + 1, include_dashboard=False,
-                     log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray"
-            raise ArtlensError(f"cannot start {where}: {exc}") from None
-    try:
+    import ray
+    import ray.data
+
+    with ray_session(workers, address):
         if on_start is not None:
             on_start()
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # the CLI draws its own progress
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
         items = [{"task": pickle.dumps(t), "shard_dir": str(shard_dir), "method": method} for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         with warnings.catch_warnings():
@@ -126,6 +141,3 @@ def run_on_ray(tasks: list[shards.ShardTask], *, shard_dir: Path, method: str, m
             ds = ds.map(_write, num_cpus=0.25, max_retries=RETRIES)
         for row in ds.iter_rows():
             on_shard(json.loads(row["summary"]))
-    finally:
-        if started_here:
-            ray.shutdown()

@@ -105,6 +105,13 @@ def test_two_ray_workers_build_the_same_bundle_as_one_process(local_ray, tiny_mo
     meta_one, meta_two = read_meta(in_process), read_meta(out)
     assert meta_two["votes"]["factory"] == meta_one["votes"]["factory"]
     assert meta_two["calibration"]["threshold"] == pytest.approx(meta_one["calibration"]["threshold"], abs=1e-4)
+    # The calibration photos were recognised by Ray actors, and gave the same fit.
+    fit_one, fit_two = meta_one["calibration"], meta_two["calibration"]
+    assert fit_two["info"]["photos_recognised"] == "on a local Ray, 2 workers"
+    assert fit_one["info"]["photos_recognised"] == "in process"
+    assert fit_two["info"]["n_pairs"] == fit_one["info"]["n_pairs"]
+    np.testing.assert_allclose(fit_two["weights"], fit_one["weights"], atol=1e-4)
+    assert fit_two["bias"] == pytest.approx(fit_one["bias"], abs=1e-4)
     assert not (out / "shards").exists()
 
     recognizers = Recognizer(in_process, tiny_model), Recognizer(out, tiny_model)
@@ -274,12 +281,17 @@ def test_bad_rows_on_ray_are_reported_by_csv_line(local_ray, tiny_model, tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".strict.")]
 
 
-def test_workers_without_ray_is_one_clear_line(tiny_model, collection, tmp_path):
+@pytest.mark.parametrize("command", ["index build", "calibrate"])
+def test_workers_without_ray_is_one_clear_line(command, tiny_model, collection, in_process, tmp_path):
     # A process in which `import ray` fails, as where the cluster extra is not installed.
     code = ("import sys; sys.modules['ray'] = None; from artlens.cli import app; "
             "app(sys.argv[1:], prog_name='artlens')")
-    args = ["index", "build", "--model", str(tiny_model), "--collection", str(collection),
-            "--out", str(tmp_path / "bundle"), "--workers", "2", "--no-calibrate"]
+    if command == "calibrate":
+        before = (in_process / "bundle.json").read_bytes()
+        args = ["calibrate", "--index", str(in_process), "--workers", "2"]
+    else:
+        args = ["index", "build", "--model", str(tiny_model), "--collection", str(collection),
+                "--out", str(tmp_path / "bundle"), "--workers", "2", "--no-calibrate"]
     run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "COLUMNS": "200"})
     assert run.returncode == 2, run.stderr
@@ -287,3 +299,5 @@ def test_workers_without_ray_is_one_clear_line(tiny_model, collection, tmp_path)
     assert len(lines) == 1 and "pip install 'artlens[cluster]'" in lines[0], run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert not (tmp_path / "bundle").exists()
+    if command == "calibrate":
+        assert (in_process / "bundle.json").read_bytes() == before

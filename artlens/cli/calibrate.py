@@ -21,13 +21,22 @@ def calibrate(
                                                 " alike), report recall and FPR on the rest.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --split.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="With --split: write the result here.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Recognise the photos on a local Ray with this many"
+                                                          " workers (artlens[cluster]); default: in this process."
+                                                )] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Recognise the photos on the Ray cluster at this address;"
+                                                         " --index must be on storage every node sees.")] = None,
 ) -> None:
     """Fit the confidence calibration and pick the threshold for a target false-positive rate."""
     from artlens.calibration.calibrate import calibrate_bundle
     from artlens.calibration.queries import labelled_photos
     from artlens.errors import CollectionError
+    from artlens.indexing.ray_build import require_ray
     from artlens.indexing.store.bundle import load_bundle
 
+    if (workers or 1) > 1 or ray_address is not None:
+        with errors():
+            require_ray()  # one line, before any progress is drawn
     if split is not None:
         from artlens.eval.heldout import calibrate_split
 
@@ -36,7 +45,8 @@ def calibrate(
                 raise CollectionError("--split needs --queries (labelled photos to split)")
             with phase_bar("calibration") as tick:
                 result = calibrate_split(index, queries, fraction=split, seed=seed, target_fpr=target_fpr,
-                                         top_k=top_k, model_dir=model, progress=tick)
+                                         top_k=top_k, model_dir=model, progress=tick, workers=workers,
+                                         ray_address=ray_address)
         fit, held = result["fit"], result["held_out"]
         console.print(f"threshold {result['threshold']:.4f} written to {index}: fitted on {fit['n_photos']} photos"
                       f" (expected recall {fit['expected_recall']:.3f}, FPR {fit['fpr_at_threshold']:.3f});"
@@ -50,7 +60,7 @@ def calibrate(
         with phase_bar("calibration") as tick:
             calibration = calibrate_bundle(index, model_dir=model, photos=labelled, top_k=top_k,
                                            config={"target_fpr": target_fpr, "synthetic_photos": photos},
-                                           progress=tick, lock=True)
+                                           progress=tick, lock=True, workers=workers, ray_address=ray_address)
     info = calibration.info
     console.print(f"threshold {calibration.threshold:.4f}: FPR {info['fpr_at_threshold']:.3f} (target {target_fpr}),"
                   f" expected recall {info['expected_recall']:.3f}, fitted on {info['source']}", highlight=False)

@@ -44,9 +44,10 @@ def index_build(
                                                              " export local-features --model xfeat|aliked-n16`)."
                                                         )] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes for the per-artwork work (decode,"
-                                                          " local features, embeddings) on a local Ray; 1: in this"
-                                                          " process. Default: in this process, a local Ray for"
-                                                          " large collections when installed (artlens[cluster])."
+                                                          " local features, embeddings) and the calibration photos"
+                                                          " on a local Ray; 1: in this process. Default: in this"
+                                                          " process, a local Ray for the per-artwork work of large"
+                                                          " collections when installed (artlens[cluster])."
                                                 )] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join the Ray cluster at this address (e.g. ray://head:10001"
                                                          " or auto) instead of starting one; the collection's images"
