@@ -21,9 +21,8 @@ import artlens
 from artlens.config import with_defaults
 from artlens.embedder import Embedder
 from artlens.errors import ArtlensError, CollectionError
-from artlens.files import moved_into_place, swap_into_place
-from artlens.imaging import load_image
-from artlens.indexing.store.bundle import ReferenceFeatures, resolve_shortlist, uses_global_embedding
+from artlens.files import swap_into_place
+from artlens.indexing.store.bundle import resolve_shortlist, uses_global_embedding
 from artlens.local_features import LOCAL_MODEL_DIR, FeatureExtractor, install_model
 from artlens.verification import FEATURE_CONFIG
 
@@ -108,11 +107,8 @@ def build_bundle(
     if strict and skipped:
         line, reason = skipped[0]
         raise CollectionError(f"{collection.path}:{line}: {reason} (--strict)")
-    # Segments are built in one process (each artwork's forward feeds its segment vectors): never on Ray by default.
+    # Segments go to Ray only when asked for: each worker holds a SAM and a DINOv2 session.
     use_ray = _wants_ray(workers, ray_address, len(collection.rows), cfg["ray_above"] if sam_dir is None else None)
-    if use_ray and sam_dir is not None:
-        raise ArtlensError("segments (--segments) are built in one process only; build without --workers and"
-                           " --ray-address to index segments")
     embedder = Embedder(model_dir)
     try:
         shortlist = resolve_shortlist(cfg["shortlist"], pretrained=embedder.info.pretrained)
@@ -120,28 +116,19 @@ def build_bundle(
         raise ArtlensError(f"build setting 'shortlist': {exc}") from None
     global_embedding = cfg["always_embed"] or uses_global_embedding(shortlist, pretrained=embedder.info.pretrained)
     tick = progress or (lambda stage, done, total: None)
-    context = _Context(model_dir, collection, feature_config, global_embedding, strict, cfg, extractor,
-                       None if features_model is None else Path(features_model))
-
+    segmenter = None
     if sam_dir is not None:
         segmenter = segment_collection.SegmentCollector(
             sam_dir, embedder, with_defaults(segment_collection.DEFAULT_CONFIG, cfg["segments"]), feature_config,
             global_embedding=global_embedding)
-        staging = bundle_writer.staging_dir(out)
-        with moved_into_place(staging, out):
-            context.install_model(staging)
-            merged = _segmented_rows(context, staging, segmenter, embedder, tick)
-            skipped += merged.skipped
-            indexed = _merge_and_write(context, staging, merged, skipped, embedder, shortlist, segmenter, tick)
-            if before_commit:
-                before_commit(staging)
-            bundle_writer.check_replaceable(out)
-        return BuildReport(out, indexed, sorted(skipped), time.perf_counter() - started)
+    context = _Context(model_dir, collection, feature_config, global_embedding, strict, cfg, extractor,
+                       None if features_model is None else Path(features_model), segmenter=segmenter)
 
     key = shards.build_key(collection.path, {
         "features": feature_config, "local_model": extractor.info.public() if extractor.info else None,
         "model": embedder.info.public(), "global_embedding": global_embedding,
-        "shard_size": cfg["shard_size"], "batch_size": cfg["batch_size"], "artlens": artlens.__version__})
+        "shard_size": cfg["shard_size"], "batch_size": cfg["batch_size"], "artlens": artlens.__version__,
+        **({} if segmenter is None else {"segments": segmenter.config, "sam": segmenter.sam.info.public()})})
     staging = out.parent / f".{out.name}.building-{key}"
     with _resumable(staging, out):
         context.install_model(staging)  # before any image: the workers load a learned model from this copy
@@ -150,9 +137,10 @@ def build_bundle(
                    ray_address=ray_address, use_ray=use_ray)
         # Keypoints and descriptors go straight into the bundle's feature files, as memory maps (bounded RAM).
         merged = shards.load_shards(shard_dir, len(context.plan), feature_config["method"], global_embedding,
-                                    into=staging / "features")
+                                    into=staging / "features",
+                                    on_segments=None if segmenter is None else segmenter.absorb)
         skipped += merged.skipped
-        indexed = _merge_and_write(context, staging, merged, skipped, embedder, shortlist, None, tick)
+        indexed = _merge_and_write(context, staging, merged, skipped, embedder, shortlist, segmenter, tick)
         if before_commit:
             before_commit(staging)
         bundle_writer.check_replaceable(out)
@@ -170,6 +158,7 @@ class _Context:
     extractor: FeatureExtractor  # the build's local features; in process, and the record bundle.json keeps
     features_model: Path | None  # a learned method's model directory (copied into the bundle)
     model_files: list[str] = field(default_factory=list)  # that copy's files, relative to the bundle
+    segmenter: segment_collection.SegmentCollector | None = None  # builds with segments (SAM)
     staged_model: str | None = None  # the copy's directory: what shard workers load the model from
 
     def install_model(self, staging: Path) -> None:
@@ -184,7 +173,7 @@ class _Context:
     def task(self, index: int, rows: list, staging: Path, *, strict: bool | None = None) -> shards.ShardTask:
         return shards.ShardTask(index, rows, str(self.collection.path), str(staging), self.feature_config,
                                 self.global_embedding, self.strict if strict is None else strict,
-                                self.staged_model)
+                                self.staged_model, segments=self.segmenter is not None)
 
 
 def _wants_ray(workers: int | None, ray_address: str | None, rows: int, ray_above: int | None) -> bool:
@@ -226,7 +215,7 @@ def run_shards(context: _Context, staging: Path, key: str, embedder: Embedder | 
             run_on_ray([context.task(i, plan[i], staging, strict=False) for i in todo], shard_dir=shard_dir,
                        method=method, model_dir=context.model_dir, batch_size=context.cfg["batch_size"],
                        workers=workers or os.cpu_count() or 1, address=ray_address, on_shard=shard_done,
-                       on_start=lambda: tick("artworks", done, total))
+                       on_start=lambda: tick("artworks", done, total), segments=_segment_spec(context))
         except ArtlensError:
             raise
         except Exception as exc:  # what Ray raises when workers die beyond their retries or the cluster goes
@@ -243,9 +232,20 @@ def run_shards(context: _Context, staging: Path, key: str, embedder: Embedder | 
 
         result = shards.extract_shard(context.task(i, plan[i], staging), on_row=row_done,
                                       extractor=context.extractor)
-        if context.global_embedding:
+        if context.segmenter is not None:  # its forward also gives the whole-image embedding
+            segment_collection.segment_shard(result, context.segmenter)
+        elif context.global_embedding:
             shards.embed_shard(result, embedder, context.cfg["batch_size"])
         shards.write_shard(shard_dir, result, method)
+
+
+def _segment_spec(context: _Context) -> dict | None:
+    """What a Ray worker needs to segment like ``context.segmenter`` (None: a build without segments)."""
+    segmenter = context.segmenter
+    if segmenter is None:
+        return None
+    return {"sam_dir": segmenter.sam_dir, "config": segmenter.config, "feature_config": segmenter.feature_config,
+            "global_embedding": segmenter.global_embedding}
 
 
 @contextmanager
@@ -274,34 +274,6 @@ def _resumable(staging: Path, out: Path) -> Iterator[Path]:
                 raise
         finally:
             lock_path.unlink(missing_ok=True)
-
-
-def _segmented_rows(context: _Context, staging: Path, segmenter, embedder: Embedder,
-                    tick: Progress) -> shards.MergedShards:
-    """Every row read and segmented one at a time: the artwork's forward also feeds its pooled segment vectors."""
-    task = context.task(0, context.collection.rows, staging)
-    artworks, feats, vectors, skipped = [], [], [], []
-    total = len(task.rows)
-    for done, row in enumerate(task.rows, start=1):
-        read = shards.read_row(task, row, context.extractor)
-        if len(read) == 2:
-            skipped.append(read)
-            tick("artworks", done, total)
-            continue
-        artwork, features, rgb, data = read
-        artworks.append(artwork)
-        feats.append(features)
-        # The segments' detail features are cut from a larger decode of the same bytes.
-        detail_rgb = load_image(data, max_side=segmenter.config["detail_side"]).rgb \
-            if segmenter.config["detail_keypoints"] > 0 else None
-        whole = segmenter.add(len(artworks) - 1, row.object_id, rgb, (artwork["width"], artwork["height"]),
-                              features, detail_rgb)
-        if whole is not None:
-            vectors.append(whole[None])
-        tick("artworks", done, total)
-    embeddings = np.concatenate(vectors).astype(np.float32) if vectors else None
-    return shards.MergedShards(artworks, skipped, ReferenceFeatures.from_list(feats, context.feature_config["method"]),
-                               embeddings)
 
 
 def _merge_and_write(context: _Context, staging: Path, merged: shards.MergedShards, skipped: list,

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -77,6 +78,30 @@ def _embed_class(model_dir: str, batch_size: int) -> type[_Embed]:
     return type("EmbedShard", (_Embed,), {"model_dir": model_dir, "batch_size": batch_size})
 
 
+class _Segment:
+    """One SAM and one DINOv2 session per actor (a build with segments): the shard's artworks segmented, and
+    embedded by the same forwards. Settings are class attributes of a subclass made per build, as for _Embed."""
+
+    model_dir = ""
+    spec: ClassVar[dict] = {}
+
+    def __init__(self) -> None:
+        from artlens.embedder import Embedder
+
+        from .segment_collection import SegmentCollector
+
+        spec = self.spec
+        self.collector = SegmentCollector(spec["sam_dir"], Embedder(self.model_dir), spec["config"],
+                                          spec["feature_config"], global_embedding=spec["global_embedding"])
+
+    def __call__(self, batch: dict) -> dict:
+        from .segment_collection import segment_shard
+
+        payloads = [shards.pack(segment_shard(shards.unpack(p), self.collector)) for p in batch["payload"]]
+        return {"payload": np.array(payloads, dtype=object), "shard_dir": batch["shard_dir"],
+                "method": batch["method"]}
+
+
 def _write(item: dict) -> dict:
     summary = shards.write_shard(Path(item["shard_dir"]), shards.unpack(item["payload"]), item["method"])
     return {"summary": json.dumps(summary)}
@@ -112,10 +137,12 @@ def ray_session(workers: int, address: str | None) -> Iterator[None]:
 
 def run_on_ray(tasks: list[shards.ShardTask], *, shard_dir: Path, method: str, model_dir: str | Path,
                batch_size: int, workers: int, address: str | None,
-               on_shard: Callable[[dict], None], on_start: Callable[[], None] | None = None) -> None:
+               on_shard: Callable[[dict], None], on_start: Callable[[], None] | None = None,
+               segments: dict | None = None) -> None:
     """Run ``tasks`` on a local Ray started here (``workers`` CPUs) or on the cluster at ``address``; ``on_shard``
     gets each written shard's summary (index, rows, artworks, skipped) as it completes, in completion order;
-    ``on_start`` runs once Ray is up (progress counts from there)."""
+    ``on_start`` runs once Ray is up (progress counts from there). ``segments`` (sam_dir, config, feature_config,
+    global_embedding): a build with segments, whose segment actors also give the embeddings."""
     require_ray()
     if not tasks:
         if on_start is not None:
@@ -134,7 +161,12 @@ def run_on_ray(tasks: list[shards.ShardTask], *, shard_dir: Path, method: str, m
             # arguments, which Ray 2.60 (the pinned version) flags as deprecated but honours.
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ds.map(_extract, num_cpus=1, max_retries=RETRIES)
-            if tasks[0].global_embedding:
+            if segments is not None:
+                segment_class = type("SegmentShard", (_Segment,), {"model_dir": str(model_dir), "spec": segments})
+                ds = ds.map_batches(segment_class, batch_size=1,
+                                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
+                                    num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)
+            elif tasks[0].global_embedding:
                 ds = ds.map_batches(_embed_class(str(model_dir), batch_size), batch_size=1,
                                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers // 2)),
                                     num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)

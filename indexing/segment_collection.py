@@ -8,6 +8,7 @@ decode. The files it writes are read by artlens.indexing.store.segments; why and
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,7 @@ import numpy as np
 from artlens.config import with_defaults
 from artlens.embedder import Embedder
 from artlens.errors import ArtlensError, ModelError
-from artlens.imaging import to_gray
+from artlens.imaging import load_image, to_gray
 from artlens.indexing.store import vlad
 from artlens.indexing.store.segments import DetailFeatures, SegmentStore, project_local, segment_files
 from artlens.verification import FEATURE_CONFIG, LocalFeatures, extract, matching_space
@@ -50,6 +51,20 @@ def segment_vector_index(vectors: np.ndarray, config: dict) -> tuple[faiss.Index
     return compressed_index.build_compressed_index(vectors, config)
 
 
+@dataclass
+class SegmentPart:
+    """What :meth:`SegmentCollector.add` gathered for some artworks (a shard's), rows counted from the part's first
+    artwork: written with the shard, absorbed by the merge's collector in row order."""
+
+    records: list[dict] = field(default_factory=list)
+    artwork: list[int] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    members: list[np.ndarray] = field(default_factory=list)
+    details: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    detail_members: list[np.ndarray] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"sam": 0.0, "embed": 0.0, "detail": 0.0})
+
+
 class SegmentCollector:
     """Segments artworks one by one during the build, then builds the segment indexes once the vocabulary exists.
 
@@ -71,8 +86,12 @@ class SegmentCollector:
             raise ModelError(f"unknown segment mode {self.config['mode']!r}; choose one of "
                              f"{', '.join(segment_vectors.MODES)}")
         self.sam = SamModel(sam_dir)
+        self.sam_dir = str(sam_dir)  # where a Ray worker loads its own session from
         self.embedder = embedder
         self.global_embedding = global_embedding
+        self._start_part()
+
+    def _start_part(self) -> None:
         self.records: list[dict] = []
         self.artwork: list[int] = []
         self.vectors: list[np.ndarray] = []
@@ -80,6 +99,24 @@ class SegmentCollector:
         self.details: list[tuple[np.ndarray, np.ndarray]] = []  # per segment: detail keypoints, descriptors
         self.detail_members: list[np.ndarray] = []  # per segment: its detail keypoints inside the mask
         self.seconds = {"sam": 0.0, "embed": 0.0, "detail": 0.0}
+
+    def take(self) -> SegmentPart:
+        """Everything added since the last take (a shard's segments), and start afresh."""
+        part = SegmentPart(self.records, self.artwork, self.vectors, self.members, self.details,
+                           self.detail_members, self.seconds)
+        self._start_part()
+        return part
+
+    def absorb(self, part: SegmentPart, first_row: int) -> None:
+        """Append a part whose artwork rows start at ``first_row`` of the merged collection."""
+        self.records.extend({**record, "artwork": record["artwork"] + first_row} for record in part.records)
+        self.artwork.extend(row + first_row for row in part.artwork)
+        self.vectors.extend(part.vectors)
+        self.members.extend(part.members)
+        self.details.extend(part.details)
+        self.detail_members.extend(part.detail_members)
+        for key, value in part.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + value
 
     def add(self, row: int, object_id: str, rgb: np.ndarray, original_size: tuple[int, int],
             feats: LocalFeatures, detail_rgb: np.ndarray | None = None) -> np.ndarray | None:
@@ -168,6 +205,26 @@ class SegmentCollector:
                                    "segments_with_detail": int(np.count_nonzero(np.diff(detail.offsets)))})
         desc["files"] = segment_files(desc)
         return store, desc
+
+
+def segment_shard(result, collector: SegmentCollector):
+    """A shard's artworks (indexing/shards.py ShardResult, read with ``segments``) segmented by ``collector`` (its
+    SAM and DINOv2 sessions: the caller's); the whole-image vectors of the same forwards become the shard's
+    embeddings (where the bundle stores them), its segments a :class:`SegmentPart`, and its images are dropped."""
+    wholes = []
+    rows = zip(result.artworks, result.features, result.images, result.sources, strict=True)
+    for row, (artwork, feats, rgb, data) in enumerate(rows):
+        # The segments' detail features are cut from a larger decode of the same bytes.
+        detail_rgb = load_image(data, max_side=collector.config["detail_side"]).rgb \
+            if collector.config["detail_keypoints"] > 0 else None
+        whole = collector.add(row, artwork["object_id"], rgb, (artwork["width"], artwork["height"]), feats,
+                              detail_rgb)
+        if whole is not None:
+            wholes.append(whole[None])
+    result.embeddings = np.concatenate(wholes).astype(np.float32) if wholes else None
+    result.segments = collector.take()
+    result.images, result.sources = [], []
+    return result
 
 
 def detail_features(rgb: np.ndarray, bbox: tuple[float, float, float, float], mask_frame: tuple[int, int],

