@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -168,23 +169,53 @@ def serve_rss(bundle_dir: Path, photos: list[Path], *, progress: Progress) -> di
 
 
 def build_scaling(model: Path, collection: Path, count: int, work: Path, *, progress: Progress) -> dict:
-    """Artworks per second of the whole build (shards and merge, no calibration) of the first ``count`` rows,
-    in this process (``--workers 1``) and on a local Ray with two workers (``--workers 2``)."""
+    """Artworks per second of the whole build (shards and merge, no calibration) of the first ``count`` rows on a
+    local Ray of one and of two workers (one CPU each: Ray started here with that many CPUs, inside the timed
+    span), and in this process (OpenCV's own threads on every core) for reference; with the rate of the shard
+    stage alone (the merge runs in one process whatever the workers)."""
     lines = collection.read_text(encoding="utf-8").splitlines(keepends=True)
     subset = work / f"scaling-{count}.csv"
     subset.write_text("".join(lines[: count + 1]), encoding="utf-8")
-    rates = {}
-    for workers in (1, 2):
-        out = work / f"scaling-{count}-w{workers}"
+    runs = {}
+    for name, workers in (("in_process", None), ("workers_1", 1), ("workers_2", 2)):
+        out = work / f"scaling-{count}-{name}"
         shutil.rmtree(out, ignore_errors=True)
-        progress(f"build throughput, {workers} worker(s), {count} artworks")
-        started = time.perf_counter()
-        report = build_bundle(model, subset, out, workers=workers)
-        rates[workers] = report.indexed / (time.perf_counter() - started)
+        progress(f"build throughput, {name.replace('_', ' ')}, {count} artworks")
+        runs[name] = _timed_build(model, subset, out, workers)
         shutil.rmtree(out, ignore_errors=True)
-    return {"artworks": count, "workers_1_artworks_per_s": round(rates[1], 2),
-            "workers_2_artworks_per_s": round(rates[2], 2), "speedup": round(rates[2] / rates[1], 2),
-            "workers_1": "in process", "workers_2": "local Ray, 2 shard workers"}
+    rate = {name: round(run["artworks_per_s"], 2) for name, run in runs.items()}
+    shard_rate = {name: round(run["shard_artworks_per_s"], 2) for name, run in runs.items()}
+    return {"artworks": count, "workers_1_artworks_per_s": rate["workers_1"],
+            "workers_2_artworks_per_s": rate["workers_2"],
+            "speedup": round(rate["workers_2"] / rate["workers_1"], 2),
+            "in_process_artworks_per_s": rate["in_process"],
+            "shard_stage_artworks_per_s": shard_rate,
+            "shard_stage_speedup": round(shard_rate["workers_2"] / shard_rate["workers_1"], 2),
+            "workers": "a local Ray started with 1 or 2 CPUs, one shard reader per CPU, each on one thread"}
+
+
+def _timed_build(model: Path, subset: Path, out: Path, workers: int | None) -> dict:
+    marks: list[tuple[float, int]] = []
+
+    def tick(stage: str, done: int, total: int) -> None:
+        if stage == "artworks":
+            marks.append((time.perf_counter(), done))
+
+    started = time.perf_counter()
+    if workers is None:
+        report = build_bundle(model, subset, out, workers=1, progress=tick)
+    else:
+        import ray
+
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=True,
+                 logging_level=logging.ERROR)
+        try:  # the build joins the Ray started here
+            report = build_bundle(model, subset, out, workers=workers, ray_address="auto", progress=tick)
+        finally:
+            ray.shutdown()
+    seconds = time.perf_counter() - started
+    (t0, _), (t1, done) = marks[0], marks[-1]
+    return {"artworks_per_s": report.indexed / seconds, "shard_artworks_per_s": done / max(t1 - t0, 1e-9)}
 
 
 def run_scale_bench(model: Path, sizes: list[int], work: Path, *, debian_root: Path | None,

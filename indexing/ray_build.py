@@ -108,10 +108,10 @@ def _write(item: dict) -> dict:
 
 
 @contextmanager
-def ray_session(workers: int, address: str | None) -> Iterator[None]:
-    """Ray for the stages run inside: the cluster at ``address``, a local Ray started here (``workers`` CPUs and
-    one more: an actor pool holds one for itself, the workers read images beside it), or the Ray already up in
-    this process. Ray Data's own progress bars and logs are off (the CLI draws its own progress)."""
+def ray_session(cpus: int, address: str | None) -> Iterator[None]:
+    """Ray for the stages run inside: the cluster at ``address``, a local Ray started here with ``cpus`` CPUs, or
+    the Ray already up in this process. Ray Data's own progress bars and logs are off (the CLI draws its own
+    progress)."""
     require_ray()
     import ray
     import ray.data
@@ -119,7 +119,7 @@ def ray_session(workers: int, address: str | None) -> Iterator[None]:
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=address, num_cpus=None if address else workers + 1, include_dashboard=False,
+            ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
                      log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
@@ -151,7 +151,10 @@ def run_on_ray(tasks: list[shards.ShardTask], *, shard_dir: Path, method: str, m
     import ray
     import ray.data
 
-    with ray_session(workers, address):
+    # A local Ray holds one CPU per shard reader (each reads on one thread), and one more for an actor stage (the
+    # embedding or segment actors), whose actors would otherwise wait for the readers.
+    actor_stage = segments is not None or tasks[0].global_embedding
+    with ray_session(workers + (1 if actor_stage else 0), address):
         if on_start is not None:
             on_start()
         items = [{"task": pickle.dumps(t), "shard_dir": str(shard_dir), "method": method} for t in tasks]
@@ -170,6 +173,6 @@ def run_on_ray(tasks: list[shards.ShardTask], *, shard_dir: Path, method: str, m
                 ds = ds.map_batches(_embed_class(str(model_dir), batch_size), batch_size=1,
                                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers // 2)),
                                     num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)
-            ds = ds.map(_write, num_cpus=0.25, max_retries=RETRIES)
+            ds = ds.map(_write, num_cpus=0, max_retries=RETRIES)  # file writes: no CPU of a reader's
         for row in ds.iter_rows():
             on_shard(json.loads(row["summary"]))
