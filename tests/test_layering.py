@@ -164,7 +164,9 @@ def test_the_scan_sees_the_imports():
     store_bundle = {i.module for i in by_module["artlens.indexing.store.bundle"].imports}
     assert "artlens.indexing.store.segments" in store_bundle  # relative, inside the subpackage
     calibrate = {i.module for i in by_module["artlens.calibration.calibrate"].imports}
-    assert {"artlens.indexing.build", "artlens.recognition.recognizer", "artlens.calibration.fit"} <= calibrate
+    assert {"artlens.indexing.build", "artlens.calibration.ray_evidence", "artlens.calibration.fit"} <= calibrate
+    ray_evidence = {i.module for i in by_module["artlens.calibration.ray_evidence"].imports}
+    assert {"artlens.recognition.recognizer", "artlens.indexing.ray_build"} <= ray_evidence
     cli = by_module["artlens.cli.index"].imports
     assert any(i.module == "artlens.calibration.calibrate" and not i.top_level for i in cli)  # lazy, in a command
     assert {"artlens.cli.common", "artlens.cli.index"} <= {i.module for i in by_module["artlens.cli"].imports}
