@@ -97,13 +97,20 @@ def artwork_sources(artwork: dict) -> list[str]:
 
 def related_rows(artworks: list[dict]) -> dict[int, set[int]]:
     """Row → the other rows sharing picture content with it: the artworks it is made of, those made of it, and
-    those made of the same artworks. A photo of one of them may rightly match the others, so calibration counts
-    such a match neither right nor wrong."""
+    those made of the same artworks — through every level (a collage of a collage is made of the first one's
+    sources too). A photo of one of them may rightly match the others, so calibration counts such a match neither
+    right nor wrong."""
     rows = {art["object_id"]: row for row, art in enumerate(artworks)}
+    direct = {art["object_id"]: set(artwork_sources(art)) for art in artworks}
     made_of: dict[int, set[str]] = {}
     users: dict[str, set[int]] = {}  # object id → rows made in part of it
     for row, art in enumerate(artworks):
-        sources = set(artwork_sources(art))
+        sources, todo = set(), list(direct[art["object_id"]])
+        while todo:  # what its sources are made of, and so on (a seen set: a cycle in the data ends here)
+            source = todo.pop()
+            if source not in sources and source != art["object_id"]:
+                sources.add(source)
+                todo.extend(direct.get(source, ()))
         if sources:
             made_of[row] = sources
             for source in sources:

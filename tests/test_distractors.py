@@ -92,3 +92,21 @@ def test_related_rows_link_collages_their_sources_and_each_other():
     assert related[3] == {1, 2}
     assert related[4] == {0, 2}
     assert 5 not in related
+
+
+def test_related_rows_follow_collages_of_collages():
+    """A feature-level artwork cut from a collage shares picture content with the collage's own sources: a photo
+    of such a source may rightly match it (the 100,000-artwork benchmark's feature collages of image collages)."""
+    from artlens.calibration.photos import related_rows
+
+    artworks = [{"object_id": "a", "metadata": {}},
+                {"object_id": "b", "metadata": {}},
+                {"object_id": "c", "metadata": {"related": "a; b"}},  # an image collage of a and b
+                {"object_id": "y", "sources": ["c"]},  # a feature-level artwork cut from c
+                {"object_id": "z", "sources": ["z", "y"]},  # made of itself (bad data) and of y
+                {"object_id": "q", "metadata": {}}]  # unrelated
+    related = related_rows(artworks)
+    assert related[0] == {2, 3, 4}  # a photo of a may match c, y (cut from c) and z (cut from y)
+    assert related[3] == {0, 1, 2, 4}
+    assert related[4] == {0, 1, 2, 3}
+    assert 5 not in related
