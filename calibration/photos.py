@@ -6,6 +6,7 @@ every bundle can be calibrated without anyone's test photos (real labelled photo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,11 +96,12 @@ def artwork_sources(artwork: dict) -> list[str]:
     return [part.strip() for part in str(value).split(";") if part.strip()]
 
 
-def related_rows(artworks: list[dict]) -> dict[int, set[int]]:
+def related_rows(artworks: list[dict], only: Iterable[int] | None = None) -> dict[int, set[int]]:
     """Row → the other rows sharing picture content with it: the artworks it is made of, those made of it, and
     those made of the same artworks — through every level (a collage of a collage is made of the first one's
     sources too). A photo of one of them may rightly match the others, so calibration counts such a match neither
-    right nor wrong."""
+    right nor wrong. ``only``: the rows to relate (the photographed ones): at 10⁵ collages of a few hundred
+    pictures each row is related to thousands, too many to hold for every row."""
     rows = {art["object_id"]: row for row, art in enumerate(artworks)}
     direct = {art["object_id"]: set(artwork_sources(art)) for art in artworks}
     made_of: dict[int, set[str]] = {}
@@ -116,8 +118,8 @@ def related_rows(artworks: list[dict]) -> dict[int, set[int]]:
             for source in sources:
                 users.setdefault(source, set()).add(row)
     related: dict[int, set[int]] = {}
-    for row, art in enumerate(artworks):
-        ids = made_of.get(row, set()) | {art["object_id"]}
+    for row in range(len(artworks)) if only is None else sorted(set(only)):
+        ids = made_of.get(row, set()) | {artworks[row]["object_id"]}
         linked = {rows[i] for i in made_of.get(row, set()) if i in rows}
         for i in ids:
             linked |= users.get(i, set())
@@ -141,7 +143,7 @@ def synthetic_photos(recognizer: Recognizer, count: int, seed: int) -> list[Labe
         again = max(0, min(count, MIN_PHOTOS) - len(rows))
         rows += [row for _ in range(-(-again // n_artworks)) for row in pictured][:again]
     csv_path = Path(bundle.meta["collection"]["csv"])
-    related = related_rows(bundle.artworks)
+    related = related_rows(bundle.artworks, only=rows)
     photos = []
     for row in rows:
         artwork = bundle.artworks[row]
