@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from artlens.calibration.calibrate import build_calibrated_bundle
 from artlens.calibration.queries import read_queries
 from artlens.indexing.build import build_bundle
 from artlens.indexing.descriptor_votes import with_encoding
+from artlens.indexing.ray_build import ray_session
 from artlens.indexing.store.bundle import load_bundle
 from artlens.recognition.recognizer import Recognizer
 
@@ -206,14 +206,8 @@ def _timed_build(model: Path, subset: Path, out: Path, workers: int | None) -> d
     if workers is None:
         report = build_bundle(model, subset, out, workers=1, progress=tick)
     else:
-        import ray
-
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=True,
-                 logging_level=logging.ERROR)
-        try:  # the build joins the Ray started here
+        with ray_session(workers, None):  # a local Ray of ``workers`` CPUs, which the build joins
             report = build_bundle(model, subset, out, workers=workers, ray_address="auto", progress=tick)
-        finally:
-            ray.shutdown()
     seconds = time.perf_counter() - started
     (t0, _), (t1, done) = marks[0], marks[-1]
     return {"artworks_per_s": report.indexed / seconds, "shard_artworks_per_s": done / max(t1 - t0, 1e-9)}

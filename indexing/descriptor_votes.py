@@ -48,6 +48,16 @@ def _matching(features, start: int = 0, stop: int | None = None) -> np.ndarray:
                                 np.float32)
 
 
+def _sample(features, count: int, seed: int) -> np.ndarray:
+    """``count`` descriptors drawn without replacement (seeded, in index order), in matching space; all of them
+    when there are no more."""
+    n = len(features.descriptors)
+    if count >= n:
+        return _matching(features)
+    pick = np.sort(np.random.default_rng(seed).choice(n, count, replace=False))
+    return np.ascontiguousarray(matching_space(np.asarray(features.descriptors)[pick], features.method), np.float32)
+
+
 def _add_all(index: faiss.Index, features, chunk: int) -> None:
     """Every descriptor of ``features`` into ``index``, ``chunk`` at a time: the float copy of 10⁸ descriptors
     would not fit in memory."""
@@ -64,12 +74,7 @@ def build_vote_index(features, config: dict | None = None) -> tuple[faiss.Index,
     nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # FAISS k-means wants ≥ 39 points per list
     factory = _factory(nlist, n, cfg)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if n > cfg["train_per_list"] * nlist:
-        pick = np.sort(np.random.default_rng(cfg["seed"]).choice(n, cfg["train_per_list"] * nlist, replace=False))
-        sample = np.ascontiguousarray(matching_space(np.asarray(features.descriptors)[pick], features.method),
-                                      np.float32)
-    else:
-        sample = _matching(features)
+    sample = _sample(features, cfg["train_per_list"] * nlist, cfg["seed"])
     index.train(sample)
     _add_all(index, features, int(cfg["add_chunk"]))
     desc = {"factory": factory, "nlist": nlist, "count": int(index.ntotal), "dim": dim,
@@ -89,10 +94,7 @@ def with_encoding(index: faiss.Index, features, encoding: str = "SQ8") -> tuple[
     # FAISS's Python layer keeps ``quantizer`` alive as long as the index that uses it.
     fresh = faiss.IndexIVFScalarQuantizer(quantizer, ivf.d, ivf.nlist, faiss.ScalarQuantizer.QT_8bit,
                                           faiss.METRIC_INNER_PRODUCT)
-    n = len(features.descriptors)
-    pick = np.sort(np.random.default_rng(0).choice(n, min(n, 1_000_000), replace=False))
-    fresh.train(np.ascontiguousarray(matching_space(np.asarray(features.descriptors)[pick], features.method),
-                                     np.float32))  # the scalar ranges only: the quantizer is trained
+    fresh.train(_sample(features, 1_000_000, 0))  # the scalar ranges only: the quantizer is trained
     _add_all(fresh, features, DEFAULT_CONFIG["add_chunk"])
     return fresh, {"factory": f"IVF{ivf.nlist}{hnsw},{encoding}", "nlist": int(ivf.nlist), "count": int(fresh.ntotal)}
 
