@@ -18,7 +18,7 @@ from artlens.errors import BundleError
 from artlens.indexing.build import BuildReport, Progress, build_bundle
 from artlens.indexing.bundle_lock import bundle_lock, signature
 from artlens.indexing.bundle_writer import write_meta
-from artlens.indexing.ray_build import require_ray
+from artlens.indexing.ray_build import asked_for_ray, require_ray
 from artlens.indexing.store.bundle import read_meta
 from artlens.recognition.confidence import FEATURE_NAMES, RANDOM_INIT_FEATURES, Calibration
 
@@ -45,7 +45,7 @@ def calibrate_bundle(bundle_path: str | Path, *, model_dir: str | Path | None = 
     ``workers`` > 1 or ``ray_address``: the photos are recognised on Ray (calibration/ray_evidence.py)."""
     cfg = with_defaults(DEFAULT_CONFIG, config)
     on_ray = None
-    if ray_address is not None or (workers is not None and workers > 1):
+    if asked_for_ray(workers, ray_address):
         require_ray()  # before any photo is made
         on_ray = "on a Ray cluster" if ray_address is not None else f"on a local Ray, {workers} workers"
     fitted_on = signature(bundle_path)

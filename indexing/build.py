@@ -179,9 +179,9 @@ class _Context:
 def _wants_ray(workers: int | None, ray_address: str | None, rows: int, ray_above: int | None) -> bool:
     """Ray when asked for (more than one worker, or a cluster); by default for ``ray_above`` rows or more where
     Ray is installed (``ray_above`` None: never by default)."""
-    from .ray_build import ray_available, require_ray
+    from .ray_build import asked_for_ray, ray_available, require_ray
 
-    if ray_address is not None or (workers is not None and workers > 1):
+    if asked_for_ray(workers, ray_address):
         require_ray()
         return True
     return workers is None and ray_above is not None and rows >= ray_above and ray_available()

@@ -38,6 +38,11 @@ def ray_available() -> bool:
         return False
 
 
+def asked_for_ray(workers: int | None, address: str | None) -> bool:
+    """Whether the options ask for Ray: more than one worker, or a cluster's address."""
+    return address is not None or (workers is not None and workers > 1)
+
+
 def require_ray() -> None:
     """A one-line error when the distributed build is asked for and Ray is not installed."""
     try:

@@ -31,10 +31,10 @@ def calibrate(
     from artlens.calibration.calibrate import calibrate_bundle
     from artlens.calibration.queries import labelled_photos
     from artlens.errors import CollectionError
-    from artlens.indexing.ray_build import require_ray
+    from artlens.indexing.ray_build import asked_for_ray, require_ray
     from artlens.indexing.store.bundle import load_bundle
 
-    if (workers or 1) > 1 or ray_address is not None:
+    if asked_for_ray(workers, ray_address):
         with errors():
             require_ray()  # one line, before any progress is drawn
     if split is not None:
